@@ -1,0 +1,50 @@
+"""`lsa` console script: dispatches to the module that owns each command.
+
+Each command module exposes `main(argv: list[str]) -> int` and owns its own argument parser, so
+this file stays a table. `UserError` becomes one line on stderr and exit code 2; every other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from lsa_ds.errors import UserError
+
+# command -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("lsa_ds.data.prepare_cli", "tokenize the recipe's sources into the token cache"),
+    "data": ("lsa_ds.data.show_cli", "inspect prepared data: `lsa data show RECIPE --index N`"),
+    "synth": ("lsa_ds.synthetic.cli", "the paper's synthetic length-generalisation study (§3)"),
+    "config-doc": ("lsa_ds.config_doc", "print the recipe reference (Markdown) from the schema"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return f"usage: lsa COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n`lsa COMMAND --help` for a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"lsa: unknown command '{argv[0]}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

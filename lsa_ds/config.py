@@ -1,0 +1,388 @@
+"""The recipe: one pydantic schema, a strict YAML loader, and `--set` overrides.
+
+Every field is documented where it is declared (the README's recipe reference is generated from
+these docstrings by `lsa config-doc`). Loading never has side effects: it reads files and returns a
+validated `Recipe` or raises `UserError` with one line naming the file and key.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lsa_ds.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- run
+class RunConfig(_Section):
+    name: str = "run"
+    """Run name; the run directory is `<output_dir>/<name>`."""
+    output_dir: str = "runs"
+    """Parent folder of run directories (relative paths are relative to the working directory)."""
+    log_every: int = Field(1, ge=1)
+    """Write a metrics row (console, metrics.jsonl, TensorBoard) every this many optimizer steps."""
+
+
+# -------------------------------------------------------------------------------------- data
+class SourceConfig(_Section):
+    name: str
+    """Short unique name; also the source's folder in the token cache."""
+    type: Literal["jsonl", "txt", "parquet", "hf", "stdlib"]
+    """jsonl: one JSON object per line; txt: a glob, one document per file; parquet: a glob of
+    parquet files; hf: a `datasets.save_to_disk` folder, or local files `datasets` can read
+    (`format` names the builder); stdlib: the running Python's standard library sources plus
+    `pydoc_data.topics` (every machine has it)."""
+    path: str | None = None
+    """File, folder or glob (not used by `stdlib`)."""
+    weight: float = Field(1.0, gt=0)
+    """Blend weight: the share of training windows drawn from this source is weight / sum(weights)."""
+    text_field: str = "text"
+    """Field holding the document text (jsonl, parquet, hf)."""
+    format: str | None = None
+    """For `hf` with local files: the `datasets` builder (json, csv, parquet, text)."""
+    split: str = "train"
+    """For `hf` folders saved as a DatasetDict: which split to read."""
+    holdout: float = Field(0.0, ge=0, lt=1)
+    """Fraction of documents kept for evaluation, chosen by a stable hash of the document key
+    (relative path for stdlib/txt, file:line for jsonl, row index otherwise). stdlib defaults to 0.05."""
+    exclude: list[str] = Field(default_factory=list)
+    """Glob patterns (relative to the source root) of files to leave out (txt, stdlib)."""
+    max_documents: int | None = Field(None, ge=1)
+    """Read at most this many documents (after the holdout split is decided)."""
+
+    @model_validator(mode="after")
+    def _path_required(self) -> SourceConfig:
+        if self.type != "stdlib" and not self.path:
+            raise ValueError(f"source '{self.name}' of type {self.type} needs a `path`")
+        return self
+
+
+class TokenizerConfig(_Section):
+    type: Literal["sentencepiece", "hf"] = "sentencepiece"
+    """sentencepiece: train one on the sources (or load `path` if it is a `.model`); hf: a local
+    Hugging Face tokenizer folder at `path`."""
+    path: str | None = None
+    """An existing `.model` file or HF tokenizer folder; empty means train SentencePiece."""
+    vocab_size: int = Field(4096, ge=260)
+    """Vocabulary size when training SentencePiece."""
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    """SentencePiece algorithm when training."""
+    train_chars: int = Field(3_000_000, ge=10_000)
+    """Characters of training-split text SentencePiece learns from (the first documents in order)."""
+    add_bos: bool = True
+    """Put BOS before every document (never doubled if the tokenizer already adds one)."""
+    add_eos: bool = True
+    """Put EOS after every document."""
+
+
+class DataConfig(_Section):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(name="stdlib", type="stdlib", holdout=0.05)])
+    """Where documents come from, blended by weight."""
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    """How text becomes tokens."""
+    cache_dir: str = ".cache/lsa-ds"
+    """Root of the token cache; each (sources, tokenizer, options) gets its own hashed folder."""
+    min_doc_tokens: int = Field(1, ge=1)
+    """Documents with fewer tokens (BOS/EOS included) are left out of windows."""
+    long_doc_tokens: int | None = Field(None, ge=1)
+    """Documents with at least this many tokens count as long (see `long_doc_repeat`)."""
+    long_doc_repeat: int = Field(1, ge=1)
+    """Upsample long documents: each appears this many times in the window stream per epoch."""
+    max_skip_fraction: float = Field(0.01, ge=0, le=1)
+    """Malformed records (bad JSON, missing text field, undecodable bytes, empty) are skipped and
+    counted; `prepare` fails once skips exceed this fraction of a source's records."""
+    batch_docs: int = Field(256, ge=1)
+    """Documents tokenized per batch (memory stays bounded by this, whatever the corpus size)."""
+    threads: int = Field(2, ge=1)
+    """Tokenizer threads."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DataConfig:
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique, repeated: {sorted(dup)}")
+        if not self.sources:
+            raise ValueError("at least one source is needed")
+        return self
+
+
+# ----------------------------------------------------------------------------------- align
+class AlignConfig(_Section):
+    enabled: bool = True
+    """false is the paper's baseline: one long view per window, CE only, same windows and steps."""
+    alpha: float = Field(0.1, ge=0)
+    """Weight of the misalignment term: loss = CE + alpha * mean divergence over aligned pairs."""
+    shift_min: int = Field(1, ge=1)
+    """Smallest left truncation E of the short view."""
+    shift_max: int | None = Field(None, ge=1)
+    """Largest left truncation E (default L // 2; at most L - 1). Windows hold L + shift_max + 1
+    tokens whether or not alignment is enabled, so both arms see the same data."""
+    positions: Literal["overlap", "last", "ratio"] = "overlap"
+    """Which aligned pairs count: all overlapping targets, only the last one, or those whose short
+    context is at least ceil(min_ratio * L) tokens."""
+    min_ratio: float = Field(0.5, gt=0, le=1)
+    """For positions=ratio: minimum short-context length as a fraction of L."""
+    divergence: Literal["sce", "skl", "js"] = "sce"
+    """sce = CE(p,q) + CE(q,p) (the paper's); skl = symmetric KL; js = Jensen-Shannon."""
+    detach: Literal["none", "long", "short"] = "none"
+    """Treat one view's distribution as a constant in the divergence."""
+    ce_views: Literal["both", "long"] = "both"
+    """Which views' next-token targets the CE averages over."""
+    every: int = Field(1, ge=1)
+    """Apply the divergence on every k-th optimizer step only."""
+    chunk_tokens: int = Field(1024, ge=1)
+    """Tokens per chunk in the chunked losses (no [2B, L, V] logits tensor ever exists)."""
+
+
+# ----------------------------------------------------------------------------------- train
+class TrainConfig(_Section):
+    seq_len: int = Field(512, ge=2)
+    """Training length L (the extended context)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps to run (one of max_steps / token_budget is required)."""
+    token_budget: int | None = Field(None, ge=1)
+    """Stop after this many training tokens (long views only); used when max_steps is empty."""
+    micro_batch_size: int = Field(1, ge=1)
+    """Windows per rank per micro-step (the forward batch is twice this with alignment on)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-steps per optimizer step."""
+    seed: int = 1234
+    """Seeds model init, data order and the view-shift RNG."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Gradient clipping by global norm (0 disables)."""
+    ds_config: str = "zero3"
+    """DeepSpeed template: a name in ds_configs/ (zero3, zero3_offload, zero2) or a JSON path."""
+
+
+class OptimConfig(_Section):
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final learning rate as a fraction of lr (cosine and linear schedules)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup steps."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    impl: Literal["torch", "deepspeed"] = "torch"
+    """torch.optim.AdamW, or DeepSpeed's fused CPU/GPU Adam (JIT-built on first use)."""
+
+
+# ----------------------------------------------------------------------------------- model
+class RopeConfig(_Section):
+    type: Literal["none", "linear", "yarn", "llama3", "dynamic"] = "none"
+    """RoPE scaling: none (plain RoPE), linear (position interpolation), yarn, llama3. dynamic
+    (NTK) is refused for training: it depends on the lengths seen before."""
+    factor: float | None = Field(None, gt=0)
+    """Scaling factor; default ceil(seq_len / original_max_position_embeddings)."""
+    original_max_position_embeddings: int | None = Field(None, ge=1)
+    """The pre-extension context length; default the model's max_position_embeddings."""
+    theta: float | None = Field(None, gt=0)
+    """RoPE base (raise it for ABF); default the model's."""
+
+
+class ModelConfig(_Section):
+    preset: str | None = "tiny"
+    """A built-in architecture (see lsa_ds/model.py PRESETS); ignored when `path` or `init_from` is set."""
+    path: str | None = None
+    """A local Hugging Face checkpoint folder to continue from."""
+    init_from: str | None = None
+    """An earlier run directory: continue from its `hf/` export."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Extra HF config fields for presets (hidden_size, num_hidden_layers, ...)."""
+    rope: RopeConfig = Field(default_factory=RopeConfig)
+    """RoPE scaling for context extension."""
+    attn_impl: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention implementation."""
+    activation_checkpointing: bool = False
+    """Recompute layer activations in backward to save memory."""
+
+
+class CheckpointConfig(_Section):
+    every_steps: int | None = Field(None, ge=1)
+    """Save every this many optimizer steps (and always at the end)."""
+    keep_last: int = Field(2, ge=1)
+    """Keep this many newest complete checkpoints."""
+
+
+class EvalConfig(_Section):
+    every_steps: int | None = Field(None, ge=1)
+    """Evaluate held-out loss every this many steps (and at the end)."""
+    batches: int = Field(4, ge=1)
+    """Held-out windows per rank per evaluation."""
+
+
+class Recipe(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    """Naming and logging."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Sources, tokenizer, token cache."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Architecture, weights, RoPE scaling."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Length, batch, steps, precision."""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    """AdamW and the learning-rate schedule."""
+    align: AlignConfig = Field(default_factory=AlignConfig)
+    """The long-short alignment regularizer."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpoint cadence and retention."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation during training."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Recipe:
+        L = self.train.seq_len
+        if self.align.shift_max is not None and self.align.shift_max > L - 1:
+            raise ValueError(f"align.shift_max={self.align.shift_max} must be at most train.seq_len - 1 = {L - 1}")
+        if self.align.shift_min > self.shift_max:
+            raise ValueError(f"align.shift_min={self.align.shift_min} exceeds align.shift_max={self.shift_max}")
+        return self
+
+    @property
+    def shift_max(self) -> int:
+        """E_max: the configured shift_max, or L // 2."""
+        return self.align.shift_max if self.align.shift_max is not None else max(1, self.train.seq_len // 2)
+
+    @property
+    def window_tokens(self) -> int:
+        """Tokens per raw window: L + E_max + 1 (DESIGN.md §2)."""
+        return self.train.seq_len + self.shift_max + 1
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# ---------------------------------------------------------------------------------- loading
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise UserError(f"{loader.name}:{key_node.start_mark.line + 1}: duplicate key '{key}'")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path) -> dict:
+    """Parse one YAML file strictly (duplicate keys refused); an empty file is {}."""
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        loader = _StrictLoader(path.read_text())
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Recursively merge `over` into a copy of `base` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        raise UserError(f"{path}: `base:` cycle through {' -> '.join(p.name for p in chain)}")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise UserError(f"{path}: `base` must be a file path, got {base!r}")
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    if not base_path.is_file():
+        raise UserError(f"{path}: base recipe '{base}' not found (looked at {base_path})")
+    return deep_merge(_load_tree(base_path, chain + (path,)), data)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (so 3, 1e-4, true, [1,2] work)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.max_steps=20")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {key}: '{part}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{shown}{more}"
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Load a recipe file (or the defaults when `path` is None), apply `--set` overrides, validate."""
+    source = str(path) if path else "(defaults)"
+    tree = _load_tree(Path(path)) if path else {}
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(_format_validation_error(e, source)) from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as plain data (what runs/<name>/config.yaml holds)."""
+    return recipe.model_dump(mode="json")
+
+
+def default_rope_factor(seq_len: int, original_max: int) -> float:
+    """ceil(L / original context), at least 1."""
+    return float(max(1, math.ceil(seq_len / original_max)))
