@@ -103,6 +103,8 @@ class DataConfig(_Section):
     """Documents tokenized per batch (memory stays bounded by this, whatever the corpus size)."""
     threads: int = Field(2, ge=1)
     """Tokenizer threads."""
+    token_dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    """Element type of the token shards: auto picks uint16 when the vocabulary fits, else uint32."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> DataConfig:
@@ -386,3 +388,14 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 def default_rope_factor(seq_len: int, original_max: int) -> float:
     """ceil(L / original context), at least 1."""
     return float(max(1, math.ceil(seq_len / original_max)))
+
+
+def add_recipe_args(parser) -> None:
+    """The RECIPE positional and repeated `--set KEY=VALUE` every recipe-driven command takes."""
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)")
+
+
+def recipe_from_args(args) -> Recipe:
+    return load_recipe(args.recipe, args.overrides)

@@ -1,0 +1,48 @@
+"""`lsa prepare RECIPE`: tokenize the recipe's sources into the token cache and summarise."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from lsa_ds.config import add_recipe_args, recipe_from_args
+from lsa_ds.data.shards import SourceReport, prepare
+
+
+def summary_table(reports: list[SourceReport], manifest_sources: dict) -> Table:
+    table = Table(title="prepared token cache")
+    for col in ("source", "records", "docs train/eval", "tokens train/eval", "shards", "skipped", "tokens/s"):
+        table.add_column(col, justify="left" if col in ("source", "skipped") else "right")
+    for rep in reports:
+        splits = manifest_sources[rep.name]["splits"]
+        shards = sum(len(s["shards"]) for s in splits.values())
+        skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(rep.skipped.items())) or "-"
+        total = sum(rep.tokens.values())
+        table.add_row(rep.name, f"{rep.records:,}", f"{rep.documents['train']:,} / {rep.documents['eval']:,}",
+                      f"{rep.tokens['train']:,} / {rep.tokens['eval']:,}", str(shards), skipped,
+                      f"{total / max(rep.seconds, 1e-9):,.0f}")
+    return table
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lsa prepare", description=__doc__)
+    add_recipe_args(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    recipe = recipe_from_args(args)
+    console = Console()
+    folder, reports = prepare(recipe.data, progress=not args.quiet)
+    if reports is None:
+        console.print(f"token cache up to date: {folder}")
+        return 0
+    import json
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    console.print(summary_table(reports, manifest["sources"]))
+    for rep in reports:
+        for reason, example in sorted(rep.first_skip.items()):
+            console.print(f"  skipped in {rep.name} ({reason}), first: {example}", style="dim")
+    console.print(f"token cache: {folder}")
+    return 0

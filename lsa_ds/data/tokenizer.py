@@ -1,0 +1,169 @@
+"""Tokenizers: a SentencePiece model trained locally (or loaded), or a local HF tokenizer folder.
+
+Both are wrapped in `Tokenizer`, which encodes batches of documents on several threads and frames
+each document as `BOS tokens EOS` without ever doubling a BOS the tokenizer added itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+from lsa_ds.config import DataConfig
+from lsa_ds.errors import UserError
+
+SPM_FILE = "tokenizer.model"
+
+# Trainer options that make SentencePiece lossless on arbitrary text (code included):
+# no normalisation and no whitespace rewriting, so decode(encode(text)) == text; unknown
+# characters fall back to bytes; newlines get their own piece instead of six byte pieces.
+_SPM_LOSSLESS = dict(
+    byte_fallback=True,
+    normalization_rule_name="identity",
+    add_dummy_prefix=False,
+    remove_extra_whitespaces=False,
+    allow_whitespace_only_pieces=True,
+    split_digits=True,
+    user_defined_symbols=["\n"],
+    max_sentence_length=1 << 20,
+    unk_id=0,
+    bos_id=1,
+    eos_id=2,
+    pad_id=3,
+    minloglevel=2,
+    hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary instead of an error
+)
+
+
+class Tokenizer:
+    """Uniform face over SentencePiece and HF tokenizers."""
+
+    def __init__(self, kind: str, impl, path: Path, fingerprint: str, add_bos: bool, add_eos: bool, threads: int = 2):
+        self.kind, self.impl, self.path, self.fingerprint = kind, impl, path, fingerprint
+        self.add_bos, self.add_eos, self.threads = add_bos, add_eos, threads
+        if kind == "sentencepiece":
+            self.vocab_size = impl.get_piece_size()
+            self.bos_id, self.eos_id = impl.bos_id(), impl.eos_id()
+            self.pad_id = impl.pad_id() if impl.pad_id() >= 0 else None
+        else:
+            self.vocab_size = len(impl)
+            self.bos_id, self.eos_id, self.pad_id = impl.bos_token_id, impl.eos_token_id, impl.pad_token_id
+        if add_bos and (self.bos_id is None or self.bos_id < 0):
+            raise UserError(f"tokenizer {path} has no BOS token; set data.tokenizer.add_bos: false")
+        if add_eos and (self.eos_id is None or self.eos_id < 0):
+            raise UserError(f"tokenizer {path} has no EOS token; set data.tokenizer.add_eos: false")
+
+    def encode_raw(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens."""
+        if self.kind == "sentencepiece":
+            return self.impl.encode(texts, num_threads=self.threads)
+        return self.impl(texts, add_special_tokens=False)["input_ids"]
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        """Each text framed as a document: [BOS] tokens [EOS], BOS never doubled."""
+        out = []
+        for ids in self.encode_raw(texts):
+            if self.add_bos and (not ids or ids[0] != self.bos_id):
+                ids = [self.bos_id, *ids]
+            if self.add_eos:
+                ids = [*ids, self.eos_id]
+            out.append(ids)
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        if self.kind == "sentencepiece":
+            return self.impl.decode([int(i) for i in ids])
+        return self.impl.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": str(self.path), "fingerprint": self.fingerprint,
+                "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id,
+                "pad_id": self.pad_id, "add_bos": self.add_bos, "add_eos": self.add_eos}
+
+
+def _load_spm(path: Path, data: DataConfig) -> Tokenizer:
+    import sentencepiece as spm
+
+    if not path.is_file():
+        raise UserError(f"data.tokenizer.path: SentencePiece model '{path}' not found")
+    blob = path.read_bytes()
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=blob)
+    except Exception:
+        raise UserError(f"data.tokenizer.path: '{path}' is not a SentencePiece model") from None
+    fp = hashlib.sha256(blob).hexdigest()[:16]
+    return Tokenizer("sentencepiece", sp, path, fp, data.tokenizer.add_bos, data.tokenizer.add_eos, data.threads)
+
+
+def _load_hf(path: Path, data: DataConfig) -> Tokenizer:
+    from transformers import AutoTokenizer
+
+    if not path.is_dir():
+        raise UserError(f"data.tokenizer.path: HF tokenizer folder '{path}' not found")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise UserError(f"data.tokenizer.path: cannot load a tokenizer from '{path}' ({type(e).__name__})") from None
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return Tokenizer("hf", tok, path, h.hexdigest()[:16], data.tokenizer.add_bos, data.tokenizer.add_eos, data.threads)
+
+
+def tokenizer_cache_path(data: DataConfig, source_fingerprints: list[dict]) -> Path:
+    """Where a trained SentencePiece model for these sources and options lives."""
+    opts = data.tokenizer.model_dump(mode="json", exclude={"add_bos", "add_eos", "path"})
+    key = json.dumps({"sources": source_fingerprints, "opts": opts, "trainer": _SPM_LOSSLESS}, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(data.cache_dir) / "tokenizers" / f"spm-{digest}" / SPM_FILE
+
+
+def train_spm(data: DataConfig, out: Path) -> None:
+    """Train SentencePiece on training-split text of the sources; written atomically to `out`."""
+    import sentencepiece as spm
+
+    from lsa_ds.data.sources import iter_records, sample_text
+
+    texts = list(sample_text(data.sources, data.tokenizer.train_chars))
+    if not texts:
+        where = ", ".join(f"'{s.name}' ({s.path or s.type})" for s in data.sources)
+        first = next((f"{r.key}: {r.skip}" for s in data.sources for _, r in iter_records(s) if r.skip), None)
+        why = f"; first skipped record: {first}" if first else ""
+        raise UserError(f"no documents to train the tokenizer on: sources {where} yield no training-split text{why}")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=data.tokenizer.vocab_size,
+            model_type=data.tokenizer.model_type, num_threads=data.threads, **_SPM_LOSSLESS)
+    except RuntimeError as e:
+        # e.g. "Vocabulary size is smaller than required_chars" on a tiny corpus
+        raise UserError(f"data.tokenizer.vocab_size={data.tokenizer.vocab_size}: SentencePiece training failed ({str(e).splitlines()[-1]})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, out)
+
+
+def load_tokenizer(data: DataConfig, source_fingerprints: list[dict] | None = None, train: bool = False) -> Tokenizer:
+    """The recipe's tokenizer. A SentencePiece model without `path` is trained (when `train`) or
+    must already be in the cache."""
+    tcfg = data.tokenizer
+    if tcfg.type == "hf":
+        if not tcfg.path:
+            raise UserError("data.tokenizer.path: a local HF tokenizer folder is required for type 'hf'")
+        return _load_hf(Path(tcfg.path).expanduser(), data)
+    if tcfg.path:
+        return _load_spm(Path(tcfg.path).expanduser(), data)
+    if source_fingerprints is None:
+        from lsa_ds.data.sources import source_fingerprint
+
+        source_fingerprints = [source_fingerprint(s) for s in data.sources]
+    path = tokenizer_cache_path(data, source_fingerprints)
+    if not path.is_file():
+        if not train:
+            raise UserError(f"tokenizer not trained yet ({path}); run `lsa prepare` first")
+        train_spm(data, path)
+    return _load_spm(path, data)
