@@ -147,7 +147,7 @@ class AlignConfig(_Section):
 
 # ----------------------------------------------------------------------------------- train
 class TrainConfig(_Section):
-    seq_len: int = Field(512, ge=2)
+    seq_len: int = Field(128, ge=2)
     """Training length L (the extended context)."""
     max_steps: int | None = Field(None, ge=1)
     """Optimizer steps to run (one of max_steps / token_budget is required)."""
@@ -189,19 +189,22 @@ class OptimConfig(_Section):
 # ----------------------------------------------------------------------------------- model
 class RopeConfig(_Section):
     type: Literal["none", "linear", "yarn", "llama3", "dynamic"] = "none"
-    """RoPE scaling: none (plain RoPE), linear (position interpolation), yarn, llama3. dynamic
+    """RoPE scaling: none keeps the model's own RoPE (plain for presets, an earlier extension for
+    checkpoints); linear (position interpolation), yarn, llama3. dynamic
     (NTK) is refused for training: it depends on the lengths seen before."""
     factor: float | None = Field(None, gt=0)
     """Scaling factor; default ceil(seq_len / original_max_position_embeddings)."""
     original_max_position_embeddings: int | None = Field(None, ge=1)
-    """The pre-extension context length; default the model's max_position_embeddings."""
+    """The pre-extension context length; default the model's max_position_embeddings (for a
+    checkpoint already extended, the pre-extension length it records)."""
     theta: float | None = Field(None, gt=0)
     """RoPE base (raise it for ABF); default the model's."""
 
 
 class ModelConfig(_Section):
     preset: str | None = "tiny"
-    """A built-in architecture (see lsa_ds/model.py PRESETS); ignored when `path` or `init_from` is set."""
+    """A built-in architecture: tiny, demo, tiny-mistral, tiny-qwen2, llama2-7b (lsa_ds/model.py
+    PRESETS); ignored when `path` or `init_from` is set (set at most one of those two)."""
     path: str | None = None
     """A local Hugging Face checkpoint folder to continue from."""
     init_from: str | None = None
@@ -227,7 +230,9 @@ class EvalConfig(_Section):
     every_steps: int | None = Field(None, ge=1)
     """Evaluate held-out loss every this many steps (and at the end)."""
     batches: int = Field(4, ge=1)
-    """Held-out windows per rank per evaluation."""
+    """Held-out micro-batches per rank per evaluation."""
+    lengths: list[int] = Field(default_factory=list)
+    """Context lengths at which held-out loss is measured (default: train.seq_len)."""
 
 
 class Recipe(_Section):

@@ -1,0 +1,303 @@
+"""Build the Hugging Face causal LM: architecture, RoPE scaling, attention, ZeRO-3 construction.
+
+Two steps, so the config can be recorded before any weights exist:
+
+1. `build_hf_config(recipe, vocab, bos, eos, pad)`: a preset, a local HF folder (`model.path`) or an
+   earlier run's `hf/` export (`model.init_from`), with RoPE scaling written into transformers 5's
+   `rope_parameters` *before* the model is constructed (changing it on a built model is a silent
+   no-op: the rotary buffers are computed in `__init__`).
+2. `build_model(recipe, hf_config, ds_config)`: under ZeRO-3 an `HfDeepSpeedConfig` is made alive
+   first so transformers partitions parameters while constructing and still runs its own weight
+   init (a bare `deepspeed.zero.Init` skips it: embeddings come out with std 1.0, not 0.02).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from lsa_ds.config import Recipe, default_rope_factor
+from lsa_ds.ds_config import zero_stage
+from lsa_ds.errors import UserError
+
+_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=176, max_position_embeddings=128, tie_word_embeddings=True)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Test-sized LLaMA: builds in milliseconds, head_dim 16.
+    "tiny": {"model_type": "llama", **_SMALL},
+    # The CPU demo: hidden 192, 4 layers, tied, ≈3.15M parameters at vocab 4096 (the shape DESIGN §4
+    # calibrated: 3.2M; intermediate 768 is what reaches that count with tied embeddings).
+    "demo": {"model_type": "llama", "hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "intermediate_size": 768, "max_position_embeddings": 128,
+             "tie_word_embeddings": True},
+    # Same size, other LLaMA-class families. Mistral's sliding window is off so attention over
+    # long views means the same thing in every preset.
+    "tiny-mistral": {"model_type": "mistral", **_SMALL, "sliding_window": None},
+    "tiny-qwen2": {"model_type": "qwen2", **_SMALL},
+    # Paper scale (Llama-2-7B's architecture); for real runs start from its weights via model.path.
+    "llama2-7b": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+                  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                  "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+                  "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+}
+"""Built-in architectures as HF config kwargs. Never vocab or special ids: those come from the tokenizer."""
+
+# Keys that recipes must not smuggle in through model.overrides: they have their own owners.
+_OWNED_KEYS = {
+    "vocab_size": "it comes from the tokenizer",
+    "bos_token_id": "it comes from the tokenizer", "eos_token_id": "it comes from the tokenizer",
+    "pad_token_id": "it comes from the tokenizer",
+    "rope_parameters": "use model.rope.*", "rope_scaling": "use model.rope.*", "rope_theta": "use model.rope.theta",
+    "use_cache": "training needs use_cache=false", "attn_implementation": "use model.attn_impl",
+}
+
+# Defaults written explicitly so the recorded config says what ran (the values transformers and
+# Llama 3.1 / the YaRN paper use when the keys are absent).
+_YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}
+_LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+
+
+# ------------------------------------------------------------------------------------- config
+def checkpoint_dir(recipe: Recipe) -> Path | None:
+    """The local HF folder the weights come from, or None for a preset (fresh init)."""
+    m = recipe.model
+    if m.path and m.init_from:
+        raise UserError(f"model.path={m.path!r} and model.init_from={m.init_from!r}: set only one of them")
+    if m.init_from:
+        hf = Path(m.init_from) / "hf"
+        if not (hf / "config.json").is_file():
+            raise UserError(f"model.init_from={m.init_from!r}: run {m.init_from} has no hf/ export; finish or export it first")
+        return hf
+    if m.path:
+        path = Path(m.path)
+        if not path.is_dir():
+            raise UserError(f"model.path={m.path!r}: folder not found")
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.path={m.path!r}: no config.json there (expected a Hugging Face checkpoint folder)")
+        return path
+    return None
+
+
+def build_hf_config(recipe: Recipe, vocab_size: int, bos_id: int, eos_id: int, pad_id: int | None) -> PretrainedConfig:
+    """The HF config the model will be built from: architecture + tokenizer ids + RoPE + attention."""
+    source = checkpoint_dir(recipe)
+    cfg = _preset_config(recipe, vocab_size) if source is None else _checkpoint_config(recipe, source, vocab_size)
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = bos_id, eos_id, pad_id
+    cfg.use_cache = False  # restarted position ids keep packed documents apart only without a KV cache
+    _apply_rope(cfg, recipe)
+    cfg._attn_implementation = _attn_impl(recipe)
+    return cfg
+
+
+def _preset_config(recipe: Recipe, vocab_size: int) -> PretrainedConfig:
+    name = recipe.model.preset
+    if name not in PRESETS:
+        raise UserError(f"model.preset={name!r}: unknown preset (known: {', '.join(PRESETS)}); or set model.path")
+    kwargs = {**PRESETS[name], **recipe.model.overrides}
+    for key in recipe.model.overrides:
+        if key in _OWNED_KEYS:
+            raise UserError(f"model.overrides.{key}: not allowed here, {_OWNED_KEYS[key]}")
+    model_type = kwargs.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise UserError(f"model.overrides.model_type={model_type!r}: not a transformers model type")
+    cls = CONFIG_MAPPING[model_type]
+    known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
+    for key in recipe.model.overrides:
+        if known is not None and key != "model_type" and key not in known:
+            raise UserError(f"model.overrides.{key}: not a field of {cls.__name__}")
+    try:
+        return AutoConfig.for_model(model_type, vocab_size=vocab_size, **kwargs)
+    except (ValueError, TypeError, StrictDataclassError) as e:  # strict-dataclass validation of the overrides
+        raise UserError(f"model.overrides: {' '.join(str(e).split())}") from None
+
+
+def _checkpoint_config(recipe: Recipe, source: Path, vocab_size: int) -> PretrainedConfig:
+    try:
+        cfg = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{source}/config.json: cannot load ({' '.join(str(e).split())})") from None
+    have = cfg.vocab_size
+    # A checkpoint's embedding may be padded beyond its own tokenizer (Qwen2 does this), so a
+    # smaller HF tokenizer is fine; a freshly trained SentencePiece of another size never matches.
+    if vocab_size > have or (vocab_size < have and recipe.data.tokenizer.type != "hf"):
+        raise UserError(
+            f"{source}: checkpoint vocab_size={have} does not match the tokenizer's {vocab_size} tokens; "
+            f"use the checkpoint's tokenizer (data.tokenizer.type=hf, data.tokenizer.path={source})"
+        )
+    if recipe.model.overrides:
+        raise UserError(f"model.overrides: only for presets; {source} has its own architecture")
+    return cfg
+
+
+def _apply_rope(cfg: PretrainedConfig, recipe: Recipe) -> None:
+    """Write the requested RoPE into `cfg.rope_parameters` and set max_position_embeddings."""
+    rope, L = recipe.model.rope, recipe.train.seq_len
+    existing = dict(cfg.rope_parameters or {})
+    theta = float(rope.theta or existing.get("rope_theta") or getattr(cfg, "default_theta", 10_000.0))
+    model_max = int(cfg.max_position_embeddings)
+
+    if rope.type == "dynamic":
+        raise UserError(
+            "model.rope.type=dynamic: dynamic NTK rescales by the longest length seen so far, so training would "
+            "depend on batch history; it is refused for training (use linear, yarn or llama3)"
+        )
+    if rope.type == "none":
+        if rope.factor is not None or rope.original_max_position_embeddings is not None:
+            raise UserError("model.rope.factor/original_max_position_embeddings are set but model.rope.type=none")
+        # Keep the model's own RoPE (plain for presets; an earlier extension for checkpoints).
+        params = existing or {"rope_type": "default"}
+        params["rope_theta"] = theta
+        if params.get("rope_type") == "dynamic":
+            raise UserError("model.rope.type=none keeps the checkpoint's dynamic NTK RoPE, which is refused for "
+                            "training; set model.rope.type (linear, yarn or llama3)")
+        if L > model_max:
+            if rope.theta is None:
+                raise UserError(
+                    f"train.seq_len={L} exceeds the model's max_position_embeddings={model_max} with model.rope.type=none; "
+                    f"set model.rope.type (linear, yarn or llama3) or raise model.rope.theta (ABF)"
+                )
+            model_max = L  # ABF alone: a larger base is the extension
+    else:
+        original = rope.original_max_position_embeddings or _pre_extension_length(existing, model_max)
+        factor = float(rope.factor) if rope.factor is not None else default_rope_factor(L, original)
+        if factor < 1:
+            raise UserError(f"model.rope.factor={factor}: must be at least 1 (it stretches positions)")
+        if original * factor < L:
+            raise UserError(
+                f"model.rope.factor={factor:g} × original_max_position_embeddings={original} = {original * factor:g} "
+                f"does not cover train.seq_len={L}; raise the factor (default ceil(seq_len / original))"
+            )
+        params = {"rope_type": rope.type, "factor": factor, "rope_theta": theta}
+        if rope.type == "yarn":
+            params |= {"original_max_position_embeddings": int(original), **_YARN_DEFAULTS}
+        elif rope.type == "llama3":
+            params |= {"original_max_position_embeddings": int(original), **_LLAMA3_DEFAULTS}
+        if "partial_rotary_factor" in existing:
+            params["partial_rotary_factor"] = existing["partial_rotary_factor"]
+        # The extended capacity is original × factor (what HF's yarn/llama3 consistency checks assume:
+        # max_position_embeddings / original == factor); it covers L by the check above.
+        model_max = max(L, math.ceil(original * factor))
+
+    cfg.max_position_embeddings = int(model_max)
+    cfg.rope_parameters = params
+    cfg.standardize_rope_params()
+    cfg.validate_rope()
+
+
+def _pre_extension_length(existing: dict, model_max: int) -> int:
+    """The context the model had before any RoPE scaling: recorded by yarn/llama3, implied by a
+    linear factor (an earlier extension stage), else the model's max_position_embeddings. Scaling a
+    second time is then relative to the true original, so factors compound instead of resetting."""
+    if existing.get("original_max_position_embeddings"):
+        return int(existing["original_max_position_embeddings"])
+    if existing.get("rope_type") not in (None, "default") and existing.get("factor"):
+        return max(1, round(model_max / float(existing["factor"])))
+    return model_max
+
+
+def _attn_impl(recipe: Recipe) -> str:
+    impl = recipe.model.attn_impl
+    if impl == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise UserError("model.attn_impl=flash_attention_2: the flash_attn package is not installed (it needs CUDA); use sdpa")
+    return impl
+
+
+def rope_summary(hf_config: PretrainedConfig) -> dict[str, Any]:
+    """The RoPE actually configured, for the run record."""
+    p = hf_config.rope_parameters or {}
+    return {
+        "type": p.get("rope_type", "default"),
+        "factor": p.get("factor"),
+        "theta": p.get("rope_theta"),
+        "original_max_position_embeddings": p.get("original_max_position_embeddings"),
+        "max_position_embeddings": hf_config.max_position_embeddings,
+    }
+
+
+# -------------------------------------------------------------------------------------- model
+def build_model(recipe: Recipe, hf_config: PretrainedConfig, ds_config: dict | None) -> torch.nn.Module:
+    """Construct (or load) the causal LM; partitioned at construction when `ds_config` is ZeRO-3.
+
+    Under ZeRO-3 the process group must already be initialised (`deepspeed.init_distributed`) and
+    `ds_config` must be the resolved dict the engine will use (same batch sizes and world size).
+    """
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    hf_ds = None
+    if zero_stage(ds_config) == 3:
+        # transformers keeps only a weakref to this; it must stay alive for the model's lifetime
+        # (from_pretrained, save, resize all consult it), hence it is stored on the model below.
+        hf_ds = HfDeepSpeedConfig(ds_config)
+    else:
+        # A ZeRO-3 config left alive by an earlier build in this process would partition this model too.
+        unset_hf_deepspeed_config()
+
+    torch.manual_seed(recipe.train.seed)  # every rank builds the same init
+    source = checkpoint_dir(recipe)
+    # fp32 master weights: DeepSpeed casts to bf16/fp16 itself according to the ds config.
+    common = {"dtype": torch.float32, "attn_implementation": hf_config._attn_implementation}
+    if source is None:
+        model = AutoModelForCausalLM.from_config(hf_config, **common)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, config=hf_config, **common)
+    model._lsa_hf_ds_config = hf_ds
+    model.config.use_cache = False
+
+    if recipe.model.activation_checkpointing:
+        # Non-reentrant checkpointing works with inputs that do not require grad and with ZeRO-3 hooks.
+        # (transformers 5.24 renamed gradient_checkpointing_enable; the old name warns until v6.)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _assert_rope_effective(model, hf_config)
+    return model
+
+
+def _assert_rope_effective(model: torch.nn.Module, hf_config: PretrainedConfig) -> None:
+    """The rotary buffers must be the ones the requested rope_parameters produce (a bug otherwise)."""
+    want = hf_config.rope_parameters
+    got = model.config.rope_parameters
+    if {k: got.get(k) for k in want} != want:
+        raise RuntimeError(f"RoPE parameters not applied: requested {want}, model has {got}")
+    rotaries = [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "rope_type")]
+    if not rotaries:
+        raise RuntimeError(f"no rotary embedding found in {type(model).__name__}")
+    expected = expected_inv_freq(model.config)
+    for rot in rotaries:
+        if rot.rope_type != want["rope_type"] or not torch.allclose(rot.inv_freq.float().cpu(), expected, rtol=1e-3):
+            raise RuntimeError(f"{type(rot).__name__}: inv_freq does not match rope_parameters {want}")
+
+
+def expected_inv_freq(hf_config: PretrainedConfig) -> torch.Tensor:
+    """inv_freq as transformers computes it for `hf_config` (the plain formula for type default)."""
+    p = hf_config.rope_parameters
+    if p["rope_type"] == "default":
+        dim = int((getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads)
+                  * p.get("partial_rotary_factor", 1.0))
+        return 1.0 / (p["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+    inv_freq, _ = ROPE_INIT_FUNCTIONS[p["rope_type"]](hf_config)
+    return inv_freq.float()
+
+
+# --------------------------------------------------------------------------------- counting
+def count_params(model: torch.nn.Module) -> int:
+    """Total parameters (tied weights once); under ZeRO-3 the full size, not the local shard."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def local_param_numel(model: torch.nn.Module) -> int:
+    """Parameter elements this rank holds: its ZeRO-3 partition, else every element."""
+    return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+
