@@ -1,0 +1,138 @@
+"""`lsa train RECIPE`: prepare the run, then start the ranks (or be one, when already launched).
+
+Outside a launcher, this process checks the recipe and the run directory, writes config.yaml and
+ds_config.json, prepares the token cache once, and starts the deepspeed launcher, which runs this
+same command on every rank with the resolved config. Launched by deepspeed, torchrun or srun
+(LOCAL_RANK in the environment), it is a rank: rank 0 does the same setup when no `lsa train`
+parent did it, and every rank trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from lsa_ds.config import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
+from lsa_ds.errors import UserError
+
+READY_ENV = "LSA_RUN_READY"
+"""Set by the `lsa train` parent for its ranks: the run directory is already set up."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lsa train", description=__doc__.split("\n\n")[0])
+    add_recipe_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and DeepSpeed config, then exit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--nproc", type=int, default=None, help="ranks per node (default: GPUs, or 2 on CPU)")
+    launcher = p.add_argument_group("deepspeed launcher")
+    launcher.add_argument("--hostfile", default=None)
+    launcher.add_argument("--num_nodes", type=int, default=None)
+    launcher.add_argument("--num_gpus", type=int, default=None, help="alias of --nproc")
+    launcher.add_argument("--master_addr", default=None)
+    launcher.add_argument("--master_port", type=int, default=None)
+    return p
+
+
+def default_nproc() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_run_dir(recipe: Recipe, world: int, overwrite: bool) -> dict:
+    """Refuse an existing run unless --overwrite; write config.yaml and ds_config.json; prepare data."""
+    from lsa_ds.data import prepare
+    from lsa_ds.ds_config import resolve_ds_config
+
+    ds_config = resolve_ds_config(recipe, world)  # errors before anything is written
+    run_dir = recipe.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"run directory {run_dir} already exists; pick another run.name, or pass --overwrite")
+        shutil.rmtree(run_dir)
+    prepare(recipe.data, progress=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+    return ds_config
+
+
+def launch(args, recipe: Recipe) -> int:
+    nproc = args.nproc or args.num_gpus or default_nproc()
+    nodes = args.num_nodes or 1
+    setup_run_dir(recipe, nproc * nodes, args.overwrite)
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--no_local_rank",
+           "--master_port", str(args.master_port or _free_port())]
+    if args.hostfile:
+        cmd += ["--hostfile", args.hostfile]
+    if args.num_nodes:
+        cmd += ["--num_nodes", str(args.num_nodes)]
+    if args.master_addr:
+        cmd += ["--master_addr", args.master_addr]
+    cmd += ["--module", "lsa_ds.cli", "train", str(recipe.run_dir / "config.yaml")]
+    env = dict(os.environ, **{READY_ENV: "1", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", _accelerator())})
+    # One BLAS thread pool per rank sized to its share of the cores, not every rank using them all.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(cmd, env=env)
+
+
+def _accelerator() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_rank(args, recipe: Recipe) -> int:
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.utils import logger as ds_logger
+
+    from lsa_ds.ds_config import resolve_ds_config
+    from lsa_ds.trainer import train
+
+    import logging
+
+    ds_logger.setLevel(logging.WARNING)
+    os.environ.setdefault("DS_ACCELERATOR", _accelerator())
+    deepspeed.init_distributed(dist_backend="gloo" if os.environ["DS_ACCELERATOR"] == "cpu" else "nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if os.environ.get(READY_ENV) != "1" and rank == 0:
+        setup_run_dir(recipe, world, args.overwrite)
+    dist.barrier()
+    ds_config = resolve_ds_config(recipe, world)
+    try:
+        train(recipe, recipe.run_dir, ds_config)
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    recipe = recipe_from_args(args)
+    if args.dry_run:
+        from lsa_ds.ds_config import resolve_ds_config
+
+        world = (args.nproc or args.num_gpus or default_nproc()) * (args.num_nodes or 1)
+        print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+        print(f"# DeepSpeed config for {world} ranks")
+        print(json.dumps(resolve_ds_config(recipe, world), indent=2))
+        return 0
+    if "LOCAL_RANK" in os.environ:
+        return run_rank(args, recipe)
+    return launch(args, recipe)
