@@ -54,18 +54,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_run_dir(recipe: Recipe, world: int, overwrite: bool) -> dict:
-    """Refuse an existing run unless --overwrite; write config.yaml and ds_config.json; prepare data."""
-    from lsa_ds.data import prepare
+def check_recipe(recipe: Recipe, world: int, progress: bool = True) -> dict:
+    """Everything that can be refused before a rank starts: DeepSpeed config, data, model config.
+    Prepares the token cache if missing (the model config needs the tokenizer's vocabulary)."""
+    from lsa_ds.data import open_cache, prepare
     from lsa_ds.ds_config import resolve_ds_config
+    from lsa_ds.model import build_hf_config
 
-    ds_config = resolve_ds_config(recipe, world)  # errors before anything is written
+    ds_config = resolve_ds_config(recipe, world)
+    if recipe.train.max_steps is None and recipe.train.token_budget is None:
+        raise UserError("train.max_steps or train.token_budget must be set")
+    prepare(recipe.data, progress=progress)
+    tok = open_cache(recipe.data).tokenizer
+    build_hf_config(recipe, tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id)
+    return ds_config
+
+
+def setup_run_dir(recipe: Recipe, world: int, overwrite: bool) -> dict:
+    """Refuse an existing run unless --overwrite; check everything; write config.yaml and ds_config.json."""
     run_dir = recipe.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UserError(f"run directory {run_dir} already exists; pick another run.name, or pass --overwrite")
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise UserError(f"run directory {run_dir} already exists; pick another run.name, or pass --overwrite")
+    ds_config = check_recipe(recipe, world)
+    if run_dir.exists():
         shutil.rmtree(run_dir)
-    prepare(recipe.data, progress=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
     (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
@@ -129,9 +141,10 @@ def main(argv: list[str]) -> int:
         from lsa_ds.ds_config import resolve_ds_config
 
         world = (args.nproc or args.num_gpus or default_nproc()) * (args.num_nodes or 1)
+        ds_config = resolve_ds_config(recipe, world)
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
         print(f"# DeepSpeed config for {world} ranks")
-        print(json.dumps(resolve_ds_config(recipe, world), indent=2))
+        print(json.dumps(ds_config, indent=2))
         return 0
     if "LOCAL_RANK" in os.environ:
         return run_rank(args, recipe)

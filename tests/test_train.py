@@ -1,0 +1,133 @@
+"""Training core through the real launcher: 2-rank ZeRO-3 on CPU, run directory contract,
+token-weighted normalisation, continuing from a run, bad recipes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lsa_ds import cli
+from tests.conftest import SMALL_DATA
+from tests.launch import lsa, metrics, sets
+
+pytestmark = pytest.mark.deepspeed
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, prepared, data_cache_dir):
+    """A 2-rank run (micro 1 × accum 2 × 2 ranks) and a 1-rank run (micro 2 × accum 2) of the same
+    global batches, then a 2-rank stage that continues from the first with linear RoPE ×2."""
+    out = tmp_path_factory.mktemp("runs")
+    common = [*SMALL_DATA, f"data.cache_dir={data_cache_dir}", f"run.output_dir={out}", "model.preset=tiny",
+              "train.seq_len=64", f"train.max_steps={STEPS}", "train.grad_accum=2", "optim.lr=3e-3",
+              "optim.warmup_steps=2", "align.enabled=false", "eval.batches=2", "eval.every_steps=6"]
+    recipe = out / "base.yaml"
+    recipe.write_text("{}\n")
+    lsa("train", str(recipe), *sets(*common, "run.name=two", "train.micro_batch_size=1"), "--nproc", "2")
+    lsa("train", str(recipe), *sets(*common, "run.name=one", "train.micro_batch_size=2"), "--nproc", "1")
+    lsa("train", str(recipe), *sets(*common, "run.name=ext", "train.micro_batch_size=1", "train.seq_len=256",
+                                    f"model.init_from={out / 'two'}", "model.rope.type=linear", "train.max_steps=3",
+                                    "eval.lengths=[64,256]"), "--nproc", "2")
+    return out
+
+
+def test_two_rank_zero3_run_trains_and_fills_the_run_directory(runs):
+    run = runs / "two"
+    for name in ("config.yaml", "ds_config.json", "metrics.jsonl", "run.json", "tb", "hf/config.json", "hf/model.safetensors", "hf/tokenizer.model"):
+        assert (run / name).exists(), name
+    train, evals = metrics(run)
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    for key in ("loss", "ce", "lr", "grad_norm", "tokens_per_s", "step_time", "consumed_samples", "peak_mem_mb"):
+        assert all(isinstance(r[key], (int, float)) for r in train), key
+    first, last = sum(r["loss"] for r in train[:3]) / 3, sum(r["loss"] for r in train[-3:]) / 3
+    assert last < first - 0.3, (first, last)
+    assert [e["step"] for e in evals] == [6, 12] and evals[1]["loss@64"] < evals[0]["loss@64"]
+    assert train[-1]["consumed_samples"] == STEPS * 4
+    ds = json.loads((run / "ds_config.json").read_text())
+    assert ds["train_batch_size"] == 4 and ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 1.0
+
+
+def test_each_rank_holds_about_half_of_the_parameters(runs):
+    info = json.loads((runs / "two" / "run.json").read_text())
+    assert info["world_size"] == 2
+    for held in info["params_per_rank"]:
+        assert 0.45 * info["params"] < held < 0.6 * info["params"]
+
+
+def test_tensorboard_events_are_readable(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(runs / "two" / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/loss@64"} <= set(tags)
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, STEPS + 1))
+
+
+def test_loss_is_token_weighted_whatever_the_ranks(runs):
+    """Same global batches on 2 ranks × accum 2 and on 1 rank: the same per-step losses."""
+    two, _ = metrics(runs / "two")
+    one, _ = metrics(runs / "one")
+    for a, b in zip(two, one):
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-5)
+
+
+def test_export_loads_in_plain_transformers_and_init_from_continues(runs):
+    from transformers import AutoModelForCausalLM
+
+    ext = runs / "ext"
+    model = AutoModelForCausalLM.from_pretrained(ext / "hf")
+    assert model.config.rope_parameters["rope_type"] == "linear" and model.config.rope_parameters["factor"] == 2
+    assert json.loads((ext / "run.json").read_text())["rope"]["factor"] == 2
+    train, evals = metrics(ext)
+    base_train, _ = metrics(runs / "two")
+    # continued from the trained base: starts near where the base ended, far below a fresh model
+    assert train[0]["loss"] < base_train[0]["loss"] - 0.3
+    assert set(evals[-1]) >= {"loss@64", "loss@256"}
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("unknown", "unknown key 'train.bogus'"),
+    ("duplicate", "duplicate key 'seq_len'"),
+    ("type", "train.max_steps"),
+    ("base", "base recipe 'missing.yaml' not found"),
+    ("rope", "seq_len"),
+    ("dynamic", "dynamic"),
+    ("batch", "train_batch_size"),
+])
+def test_bad_recipes_are_one_line_exit_2_and_write_nothing(case, expect, tmp_path, data_cache_dir, capsys):
+    out = tmp_path / "runs"
+    head = f"run: {{name: bad, output_dir: '{out}'}}\n"
+    body = {
+        "unknown": "train: {bogus: 1, max_steps: 2}\n",
+        "duplicate": "train:\n  seq_len: 64\n  seq_len: 128\n",
+        "type": "train: {max_steps: many}\n",
+        "base": "base: missing.yaml\n",
+        "rope": "train: {seq_len: 512, max_steps: 2}\nmodel: {preset: tiny}\n",
+        "dynamic": "train: {seq_len: 256, max_steps: 2}\nmodel: {preset: tiny, rope: {type: dynamic}}\n",
+        "batch": f"train: {{max_steps: 2, micro_batch_size: 2, ds_config: '{tmp_path / 'ds.json'}'}}\n",
+    }[case]
+    (tmp_path / "ds.json").write_text('{"train_batch_size": 64, "zero_optimization": {"stage": 3}}')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(head + body)
+    code = cli.main(["train", str(recipe), *sets(*SMALL_DATA, f"data.cache_dir={data_cache_dir}"), "--nproc", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and expect in err, err
+    assert not out.exists()
+
+
+def test_existing_run_directory_is_refused(runs, capsys):
+    recipe = runs / "base.yaml"
+    code = cli.main(["train", str(recipe), *sets(f"run.output_dir={runs}", "run.name=two", "train.max_steps=1")])
+    err = capsys.readouterr().err
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+    assert (runs / "two" / "hf" / "config.json").exists()
+
+
+def test_dry_run_prints_recipe_and_deepspeed_config(capsys):
+    assert cli.main(["train", "recipes/tiny-cpu.yaml", "--dry-run", "--nproc", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "seq_len: 128" in out and '"train_batch_size": 16' in out and '"stage": 3' in out
