@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from lsa_ds.config import Recipe
 
@@ -19,10 +20,16 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows.extend(_rows(ann, key + "."))
             continue
         default = field.get_default(call_default_factory=True)
-        if isinstance(default, list) and default and isinstance(default[0], BaseModel):
-            default = [d.model_dump(exclude_defaults=True) for d in default]
         desc = " ".join((field.description or "").split())
-        rows.append(f"| `{key}` | `{default!r}` | {desc} |")
+        if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+            item = type(default[0])
+            default = [d.model_dump(exclude_defaults=True) for d in default]
+            rows.append(f"| `{key}` | `{default!r}` | {desc} Each entry: |")
+            rows.append(f"\n### `{key}[]`\n\n| key | default | meaning |\n|---|---|---|")
+            rows.extend(_rows(item, key + "[]."))
+            continue
+        cell = "*required*" if default is PydanticUndefined else f"`{default!r}`"
+        rows.append(f"| `{key}` | {cell} | {desc} |")
     return rows
 
 
