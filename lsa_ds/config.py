@@ -163,6 +163,10 @@ class TrainConfig(_Section):
     """Training precision."""
     grad_clip: float = Field(1.0, ge=0)
     """Gradient clipping by global norm (0 disables)."""
+    max_skipped_steps: int = Field(5, ge=1)
+    """Abort after this many optimizer steps in a row skipped for a non-finite loss or gradient."""
+    dist_timeout_s: int = Field(600, ge=10)
+    """Collective timeout: when a rank dies, the others stop within about this many seconds."""
     ds_config: str = "zero3"
     """DeepSpeed template: a name in ds_configs/ (zero3, zero3_offload, zero2) or a JSON path."""
 

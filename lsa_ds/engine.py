@@ -84,6 +84,9 @@ class StepStats:
     grad_norm: float | None
     lr: float
     step_time: float
+    misalign: float | None = None
+    misalign_skl: float | None = None
+    ce_gap: float | None = None
 
 
 class Engine:
@@ -109,8 +112,10 @@ class Engine:
         dist.all_reduce(t)
         return t.tolist()
 
-    def train_step(self, micro_batches: list[dict]) -> StepStats:
-        """One optimizer step over this rank's micro-batches (each: input_ids, labels, position_ids)."""
+    def train_step(self, micro_batches: list[dict], poison: bool = False) -> StepStats:
+        """One optimizer step over this rank's micro-batches (each: input_ids, labels, position_ids).
+
+        `poison` makes the loss non-finite on purpose (a test hook for the numerics guard)."""
         t0 = time.perf_counter()
         ga = len(micro_batches)
         local_count = sum(int((torch.as_tensor(mb["labels"]) != IGNORE).sum()) for mb in micro_batches)
@@ -121,6 +126,8 @@ class Engine:
         self.ds.train()
         for mb in micro_batches:
             out = self.ds(**self._to_device(mb))
+            if poison:
+                out["ce_sum"] = out["ce_sum"] * float("nan")
             self.ds.backward(out["ce_sum"] * scale)
             self.ds.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
             ce_sum += float(out["ce_sum"].detach())

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from lsa_ds.errors import UserError
 
 READY_ENV = "LSA_RUN_READY"
 """Set by the `lsa train` parent for its ranks: the run directory is already set up."""
+RESUME_ENV = "LSA_RESUME_TAG"
+"""Set by the `lsa train --resume` parent for its ranks: the checkpoint tag to load."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     add_recipe_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and DeepSpeed config, then exit")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run from its newest complete checkpoint")
     p.add_argument("--nproc", type=int, default=None, help="ranks per node (default: GPUs, or 2 on CPU)")
     launcher = p.add_argument_group("deepspeed launcher")
     launcher.add_argument("--hostfile", default=None)
@@ -70,24 +74,65 @@ def check_recipe(recipe: Recipe, world: int, progress: bool = True) -> dict:
     return ds_config
 
 
-def setup_run_dir(recipe: Recipe, world: int, overwrite: bool) -> dict:
-    """Refuse an existing run unless --overwrite; check everything; write config.yaml and ds_config.json."""
+def prepare_resume(recipe: Recipe, world: int) -> str | None:
+    """Check that the run can be resumed with this recipe; return the checkpoint tag to load (a
+    universal one, converted here, when the number of ranks changed), or None for no checkpoint."""
+    from lsa_ds import checkpoint
+
     run_dir = recipe.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise UserError(f"run directory {run_dir} already exists; pick another run.name, or pass --overwrite")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"cannot resume {run_dir}: no such run (no config.yaml); start it without --resume")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    conflict = checkpoint.resume_conflict(saved, recipe)
+    if conflict:
+        raise UserError(f"cannot resume {run_dir}: {conflict}; start a new run instead")
+    ckpt_dir = run_dir / "checkpoints"
+    tag = checkpoint.newest_complete(ckpt_dir)
+    if tag is None:
+        return None
+    if checkpoint.read_client(ckpt_dir, tag)["world_size"] != world:
+        tag = checkpoint.to_universal(ckpt_dir, tag)
+    return tag
+
+
+def _trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop metrics rows past the resume point: those steps are trained (and logged) again."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(f"{line}\n" for line in keep))
+
+
+def setup_run_dir(recipe: Recipe, world: int, overwrite: bool, resume: bool = False) -> tuple[dict, str | None]:
+    """Refuse an existing run unless --overwrite or --resume; check everything; write config.yaml and
+    ds_config.json. Returns (DeepSpeed config, checkpoint tag to resume from)."""
+    from lsa_ds import checkpoint
+
+    run_dir = recipe.run_dir
+    tag = None
+    if resume:
+        tag = prepare_resume(recipe, world)
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise UserError(f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite to "
+                        f"replace it, or pick another run.name")
     ds_config = check_recipe(recipe, world)
-    if run_dir.exists():
+    if tag and tag.endswith("-universal"):
+        ds_config["checkpoint"] = {"load_universal": True}
+    if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
+    if resume:
+        step = checkpoint.read_client(run_dir / "checkpoints", tag.removesuffix("-universal"))["step"] if tag else 0
+        _trim_metrics(run_dir, step)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
     (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
-    return ds_config
+    return ds_config, tag
 
 
 def launch(args, recipe: Recipe) -> int:
     nproc = args.nproc or args.num_gpus or default_nproc()
     nodes = args.num_nodes or 1
-    setup_run_dir(recipe, nproc * nodes, args.overwrite)
+    _, tag = setup_run_dir(recipe, nproc * nodes, args.overwrite, args.resume)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--no_local_rank",
            "--master_port", str(args.master_port or _free_port())]
     if args.hostfile:
@@ -97,10 +142,27 @@ def launch(args, recipe: Recipe) -> int:
     if args.master_addr:
         cmd += ["--master_addr", args.master_addr]
     cmd += ["--module", "lsa_ds.cli", "train", str(recipe.run_dir / "config.yaml")]
-    env = dict(os.environ, **{READY_ENV: "1", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", _accelerator())})
+    env = dict(os.environ, **{READY_ENV: "1", RESUME_ENV: tag or "", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", _accelerator())})
     # One BLAS thread pool per rank sized to its share of the cores, not every rank using them all.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: _signal_ranks(signum))
+    return proc.wait()
+
+
+def _signal_ranks(signum: int) -> None:
+    """Pass SIGTERM/SIGINT straight to the rank processes, which save and exit 0. (The single-node
+    deepspeed runner does not forward signals, and its launcher would report a clean stop as a
+    failure.)"""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "lsa_ds.cli" in child.cmdline() and "deepspeed.launcher" not in " ".join(child.cmdline()):
+                child.send_signal(signum)
+        except psutil.Error:
+            pass
 
 
 def _accelerator() -> str:
@@ -110,27 +172,42 @@ def _accelerator() -> str:
 
 
 def run_rank(args, recipe: Recipe) -> int:
+    import logging
+    from datetime import timedelta
+
     import deepspeed
     import torch.distributed as dist
     from deepspeed.utils import logger as ds_logger
 
-    from lsa_ds.ds_config import resolve_ds_config
-    from lsa_ds.trainer import train
-
-    import logging
+    from lsa_ds.trainer import TrainingAborted, train
 
     ds_logger.setLevel(logging.WARNING)
     os.environ.setdefault("DS_ACCELERATOR", _accelerator())
-    deepspeed.init_distributed(dist_backend="gloo" if os.environ["DS_ACCELERATOR"] == "cpu" else "nccl")
+    deepspeed.init_distributed(dist_backend="gloo" if os.environ["DS_ACCELERATOR"] == "cpu" else "nccl",
+                               timeout=timedelta(seconds=recipe.train.dist_timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
-    if os.environ.get(READY_ENV) != "1" and rank == 0:
-        setup_run_dir(recipe, world, args.overwrite)
-    dist.barrier()
-    ds_config = resolve_ds_config(recipe, world)
+    if os.environ.get(READY_ENV) == "1":
+        tag = os.environ.get(RESUME_ENV) or None
+    else:  # launched directly (torchrun, srun, deepspeed): rank 0 sets up, then everyone reads the result
+        if rank == 0:
+            setup_run_dir(recipe, world, args.overwrite, args.resume)
+        dist.barrier()
+        tag = prepare_resume(recipe, world) if args.resume else None
+    ds_config = json.loads((recipe.run_dir / "ds_config.json").read_text())
     try:
-        train(recipe, recipe.run_dir, ds_config)
+        train(recipe, recipe.run_dir, ds_config, tag)
+    except TrainingAborted as e:
+        print(f"error: rank {rank}: {e}", file=sys.stderr)
+        return 1
+    except (RuntimeError, dist.DistBackendError) as e:
+        if "Connection" in str(e) or "timed out" in str(e).lower() or isinstance(e, dist.DistBackendError):
+            print(f"error: rank {rank} lost contact with the other ranks ({type(e).__name__}); "
+                  f"another rank probably failed, see its output", file=sys.stderr)
+            return 1
+        raise
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

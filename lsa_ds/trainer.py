@@ -1,9 +1,14 @@
-"""The training loop of one rank: data -> engine steps -> logs, evaluation, final HF export.
+"""The training loop of one rank: data -> engine steps -> logs, evaluation, checkpoints, export.
 
 Run directory (DESIGN.md §3): config.yaml and ds_config.json are written before the ranks start
 (by `lsa train`); this loop appends metrics.jsonl, writes tb/, run.json (what was built: RoPE,
-parameter counts, world size) and, at the end, hf/ (consolidated weights, config, tokenizer),
-renamed into place only when complete — hf/ existing means the run finished.
+parameter counts, world size), checkpoints/ and, at the end, hf/ — renamed into place only when
+complete, so hf/ existing means the run finished.
+
+Stopping: SIGTERM/SIGINT only set a flag; at the next step boundary the ranks agree on it (one
+all-reduce) and save together, then exit cleanly. Numerics: a step with a non-finite loss or
+gradient norm is skipped by every rank (DeepSpeed's ZeRO optimizer discards it), counted and
+logged; `train.max_skipped_steps` in a row abort with the last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -19,12 +24,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lsa_ds import checkpoint
 from lsa_ds.config import Recipe
 from lsa_ds.data import build_windows, open_cache
-from lsa_ds.data.views import make_views
+from lsa_ds.data.views import draw_shifts, make_views
 from lsa_ds.data.windows import WindowLoader
 from lsa_ds.engine import Engine, peak_memory_mb
 from lsa_ds.errors import UserError
+from lsa_ds.metrics_log import MetricsLog
+
+NAN_TEST_HOOK = "LSA_TEST_NONFINITE_STEPS"
+"""Test hook: comma-separated optimizer steps whose loss is made non-finite on purpose."""
+DIE_TEST_HOOK = "LSA_TEST_DIE_AT"
+"""Test hook: `RANK:STEP` — that rank SIGKILLs itself at the start of that step."""
+
+
+class TrainingAborted(RuntimeError):
+    """Raised on every rank when the run cannot continue (e.g. too many non-finite steps)."""
 
 
 def total_steps(recipe: Recipe, world: int) -> int:
@@ -36,43 +52,13 @@ def total_steps(recipe: Recipe, world: int) -> int:
     raise UserError("train.max_steps or train.token_budget must be set")
 
 
-class MetricsLog:
-    """Rank 0's metrics: metrics.jsonl (one object per row), TensorBoard scalars, a progress bar."""
-
-    def __init__(self, run_dir: Path, steps: int, start_step: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
-
-        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        self.tb = SummaryWriter(str(run_dir / "tb"))
-        self.bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(row) + "\n")
-        prefix = "eval/" if row.get("kind") == "eval" else "train/"
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and k != "step":
-                self.tb.add_scalar(prefix + k, v, row["step"])
-        if row.get("kind") == "eval":
-            self.bar.write("eval step {step}: ".format(**row) + ", ".join(
-                f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss@")))
-        else:
-            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-
-    def advance(self) -> None:
-        if self.enabled:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.close()
-            self.tb.close()
-            self.file.close()
+def micro_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
+    """Model inputs for one micro-batch: long view only (baseline) or long + short views."""
+    L, a = recipe.train.seq_len, recipe.align
+    if not a.enabled:
+        return make_views(windows, L)
+    shifts = draw_shifts(ids, recipe.train.seed, a.shift_min, recipe.shift_max)
+    return make_views(windows, L, shifts, positions=a.positions, min_ratio=a.min_ratio, ce_views=a.ce_views)
 
 
 def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: int, world: int) -> dict:
@@ -84,33 +70,45 @@ def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: in
         batches = []
         for b in range(recipe.eval.batches):
             ids = [(b * mbs + k) * world + rank for k in range(mbs)]
-            w = np.stack([windows[i] for i in ids])
-            batches.append(make_views(w, length))
-        loss, _ = engine.eval_loss(batches)
-        out[f"loss@{length}"] = loss
+            batches.append(make_views(np.stack([windows[i] for i in ids]), length))
+        out[f"loss@{length}"], _ = engine.eval_loss(batches)
     return out
 
 
-def export_hf(engine: Engine, lm, cache, run_dir: Path, rank: int) -> None:
-    """Write hf/ (safetensors weights, config with the effective RoPE, tokenizer) atomically."""
-    state = engine.consolidated_state_dict()  # collective: every rank takes part
-    if rank == 0:
-        tmp = run_dir / ".hf.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        lm.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tok = cache.tokenizer
-        if tok.kind == "sentencepiece":
-            shutil.copy(tok.path, tmp / "tokenizer.model")
-        else:
-            tok.impl.save_pretrained(tmp)
-        (tmp / "lsa_tokenizer.json").write_text(json.dumps(tok.describe(), indent=2))
-        os.replace(tmp, run_dir / "hf")
-    dist.barrier()
+class StopFlag:
+    """SIGTERM/SIGINT set a flag; ranks agree on it at step boundaries (never act in the handler)."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.raised = True
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self.raised else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
-def train(recipe: Recipe, run_dir: Path, ds_config: dict) -> None:
-    """Run on every rank (dist already initialised)."""
-    from lsa_ds.model import build_hf_config, build_model, count_params, local_param_numel, rope_summary
+def _record_run(run_dir: Path, lm, hf_config, cache, world: int, steps: int) -> None:
+    from lsa_ds.model import count_params, local_param_numel, rope_summary
+
+    held = torch.tensor([local_param_numel(lm)], dtype=torch.float64)
+    per_rank = [torch.zeros_like(held) for _ in range(world)]
+    dist.all_gather(per_rank, held)
+    if dist.get_rank() == 0:
+        info = {"world_size": world, "steps": steps, "params": count_params(lm), "rope": rope_summary(hf_config),
+                "params_per_rank": [int(t.item()) for t in per_rank], "torch": torch.__version__,
+                "token_cache": str(cache.folder), "vocab_size": cache.tokenizer.vocab_size}
+        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+
+
+def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None = None) -> str:
+    """Run on every rank (dist already initialised). Returns 'done' or 'stopped'."""
+    from lsa_ds.export import export_from_engine
+    from lsa_ds.model import build_hf_config, build_model
 
     rank, world = dist.get_rank(), dist.get_world_size()
     cache = open_cache(recipe.data)
@@ -119,35 +117,76 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict) -> None:
     steps = total_steps(recipe, world)
     lm = build_model(recipe, hf_config, ds_config)
     engine = Engine(recipe, ds_config, lm, steps)
-    held = torch.tensor([local_param_numel(lm)], dtype=torch.float64)
-    per_rank = [torch.zeros_like(held) for _ in range(world)]
-    dist.all_gather(per_rank, held)
-    if rank == 0:
-        info = {"world_size": world, "steps": steps, "params": count_params(lm), "rope": rope_summary(hf_config),
-                "params_per_rank": [int(t.item()) for t in per_rank], "torch": torch.__version__,
-                "token_cache": str(cache.folder), "vocab_size": tok.vocab_size}
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+    _record_run(run_dir, lm, hf_config, cache, world, steps)
 
     loader = WindowLoader(build_windows(recipe, cache), recipe.train.micro_batch_size, recipe.train.grad_accum, rank, world)
-    log = MetricsLog(run_dir, steps, 0, rank == 0)
+    start, skipped_total = 0, 0
+    if resume_tag:
+        universal = bool(ds_config.get("checkpoint", {}).get("load_universal"))
+        client = checkpoint.load(engine, run_dir / "checkpoints", resume_tag, universal)
+        start, skipped_total = client["step"], client.get("skipped_steps", 0)
+        loader.load_state_dict({"consumed_samples": client["consumed_samples"]})
+        if rank == 0:
+            print(f"resumed from {resume_tag}: step {start}, {client['consumed_samples']} samples consumed"
+                  + (f" (written by {client['world_size']} ranks, now {world})" if universal else ""))
+
+    log = MetricsLog(run_dir, steps, start, rank == 0)
+    stop = StopFlag()
     lengths = recipe.eval.lengths or [recipe.train.seq_len]
-    L = recipe.train.seq_len
-    t_start = time.perf_counter()
+    nan_steps = {int(s) for s in os.environ.get(NAN_TEST_HOOK, "").split(",") if s}
+    skipped_in_row, ema, step = 0, None, start
+    last_saved = start if resume_tag else None
+
+    def save(at: int) -> None:
+        nonlocal last_saved
+        if last_saved != at:
+            checkpoint.save(engine, run_dir, recipe, at, loader.consumed_samples, {"skipped_steps": skipped_total})
+            last_saved = at
+
     try:
-        for step in range(1, steps + 1):
-            micro = [make_views(w, L) for _, w in loader.next_step()]
-            stats = engine.train_step(micro)
+        die = os.environ.get(DIE_TEST_HOOK, "").split(":")
+        for step in range(start + 1, steps + 1):
+            if die == [str(rank), str(step)]:
+                os.kill(os.getpid(), signal.SIGKILL)
+            batch = loader.next_step()
+            micro = [micro_views(recipe, ids, w) for ids, w in batch]
+            stats = engine.train_step(micro, poison=step in nan_steps)
             log.advance()
-            if step % recipe.run.log_every == 0 or step == steps:
-                log.write({"step": step, "loss": stats.loss, "ce": stats.ce, "misalign": None, "misalign_skl": None,
-                           "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens_per_s": stats.tokens / stats.step_time,
-                           "step_time": stats.step_time, "consumed_samples": loader.consumed_samples,
-                           "peak_mem_mb": peak_memory_mb()})
+            finite = math.isfinite(stats.loss) and (stats.grad_norm is None or math.isfinite(stats.grad_norm))
+            row = {"step": step, "loss": stats.loss, "ce": stats.ce, "misalign": stats.misalign,
+                   "misalign_skl": stats.misalign_skl, "ce_gap": stats.ce_gap, "lr": stats.lr,
+                   "grad_norm": stats.grad_norm, "tokens_per_s": stats.tokens / stats.step_time,
+                   "step_time": stats.step_time, "consumed_samples": loader.consumed_samples,
+                   "peak_mem_mb": peak_memory_mb(), "sample_ids": [ids for ids, _ in batch] if rank == 0 else None}
+            if not finite:
+                skipped_total += 1
+                skipped_in_row += 1
+                log.write({**row, "skipped": True, "skipped_steps": skipped_total})
+                log.note(f"step {step} skipped: non-finite loss or gradient norm ({skipped_total} so far)")
+                if skipped_in_row >= recipe.train.max_skipped_steps:
+                    raise TrainingAborted(f"{skipped_in_row} steps in a row had a non-finite loss or gradient norm "
+                                          f"(last at step {step}); stopping with the last good checkpoint kept")
+            else:
+                skipped_in_row = 0
+                if ema is not None and stats.loss > 1.5 * ema:
+                    row["spike"] = True
+                    log.note(f"loss spike at step {step}: {stats.loss:.3f} vs recent {ema:.3f}")
+                ema = stats.loss if ema is None else 0.9 * ema + 0.1 * stats.loss
+                if step % recipe.run.log_every == 0 or step == steps or row.get("spike"):
+                    log.write(row)
             every = recipe.eval.every_steps
             if step == steps or (every and step % every == 0):
                 log.write({"kind": "eval", "step": step, **evaluate(engine, recipe, cache, lengths, rank, world)})
-        export_hf(engine, lm, cache, run_dir, rank)
+            if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
+                save(step)
+            if stop.agreed():
+                save(step)
+                log.note(f"stopped by signal at step {step}; checkpoint saved, resume with --resume")
+                return "stopped"
+        save(steps)
+        export_from_engine(engine, lm, hf_config, cache.tokenizer, run_dir / "hf")
     finally:
         log.close()
     if rank == 0:
-        print(f"done: {steps} steps in {time.perf_counter() - t_start:.0f} s; model exported to {run_dir / 'hf'}")
+        print(f"done: {steps} steps; model exported to {run_dir / 'hf'}")
+    return "done"

@@ -167,3 +167,27 @@ def load_tokenizer(data: DataConfig, source_fingerprints: list[dict] | None = No
             raise UserError(f"tokenizer not trained yet ({path}); run `lsa prepare` first")
         train_spm(data, path)
     return _load_spm(path, data)
+
+
+def to_hf_tokenizer(tok: Tokenizer):
+    """The tokenizer as a `transformers` fast tokenizer, so `AutoTokenizer.from_pretrained` loads an
+    exported folder. A SentencePiece BPE model is rebuilt in `tokenizers` with the same pieces,
+    merges and byte fallback, and the same lossless framing (spaces become ▁, nothing else changes)."""
+    if tok.kind == "hf":
+        return tok.impl
+    from tokenizers import AddedToken, Tokenizer as RustTokenizer, decoders, normalizers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    if tok.impl.get_piece_size() and tok.impl.id_to_piece(0) != "<unk>":
+        raise UserError(f"{tok.path}: only SentencePiece models trained by lsa-ds can be exported as HF tokenizers")
+    spec = SentencePieceExtractor(str(tok.path)).extract(BPE)
+    rust = RustTokenizer(BPE(vocab=spec["vocab"], merges=spec["merges"], byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    rust.normalizer = normalizers.Replace(" ", "▁")
+    rust.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    special = [tok.impl.id_to_piece(i) for i in range(tok.vocab_size) if tok.impl.is_control(i) or tok.impl.is_unknown(i)]
+    rust.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    rust.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    names = {"bos_token": tok.bos_id, "eos_token": tok.eos_id, "unk_token": tok.impl.unk_id(), "pad_token": tok.pad_id}
+    return PreTrainedTokenizerFast(tokenizer_object=rust, **{k: tok.impl.id_to_piece(v) for k, v in names.items() if v is not None and v >= 0})

@@ -1,0 +1,47 @@
+"""Rank 0's metrics sinks: metrics.jsonl (one JSON object per row), TensorBoard scalars, a
+progress bar with ETA. Other ranks get a MetricsLog that does nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, steps: int, start_step: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: a kill loses no row
+        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        prefix = "eval/" if row.get("kind") == "eval" else "train/"
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                self.tb.add_scalar(prefix + k, v, row["step"])
+        if row.get("kind") == "eval":
+            self.note(f"eval step {row['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if "@" in k))
+        elif "loss" in row:
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.bar.write(text)
+
+    def advance(self) -> None:
+        if self.enabled:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.tb.close()
+            self.file.close()
