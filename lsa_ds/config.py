@@ -100,7 +100,8 @@ class DataConfig(_Section):
     """Malformed records (bad JSON, missing text field, undecodable bytes, empty) are skipped and
     counted; `prepare` fails once skips exceed this fraction of a source's records."""
     batch_docs: int = Field(256, ge=1)
-    """Documents tokenized per batch (memory stays bounded by this, whatever the corpus size)."""
+    """Documents tokenized per batch (a batch also ends at 4M characters, so memory stays bounded
+    whatever the corpus or document size)."""
     threads: int = Field(2, ge=1)
     """Tokenizer threads."""
     token_dtype: Literal["auto", "uint16", "uint32"] = "auto"

@@ -28,6 +28,9 @@ from lsa_ds.errors import UserError
 FORMAT_VERSION = 1
 SHARD_TOKENS = 1 << 28
 """Tokens per .bin file before a new shard starts (512 MiB of uint16)."""
+BATCH_CHARS = 4_000_000
+"""A tokenization batch is flushed at this many characters too, so peak memory is bounded by the
+batch size in text, not in documents (256 book-length documents would otherwise take gigabytes)."""
 SPLITS = ("train", "eval")
 MANIFEST = "manifest.json"
 
@@ -110,8 +113,11 @@ def _tokenize_source(src, tok: Tokenizer, data: DataConfig, folder: Path, dtype:
     rep = SourceReport(src.name)
     t0 = time.perf_counter()
     batch: list[tuple[str, str]] = []
+    batch_chars = 0
 
     def flush() -> None:
+        nonlocal batch_chars
+        batch_chars = 0
         for (split, _), ids in zip(batch, tok.encode_documents([t for _, t in batch])):
             if ids and max(ids) >= tok.vocab_size:
                 raise UserError(f"tokenizer {tok.path} produced id {max(ids)} >= its vocab_size {tok.vocab_size}")
@@ -130,7 +136,8 @@ def _tokenize_source(src, tok: Tokenizer, data: DataConfig, folder: Path, dtype:
             rep.first_skip.setdefault(rec.skip.split(" (")[0], f"{rec.key}: {rec.skip}")
             continue
         batch.append((split, rec.text))
-        if len(batch) >= data.batch_docs:
+        batch_chars += len(rec.text)
+        if len(batch) >= data.batch_docs or batch_chars >= BATCH_CHARS:
             flush()
     flush()
     rep.seconds = time.perf_counter() - t0
