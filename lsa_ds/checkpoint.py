@@ -170,6 +170,8 @@ def load(engine, ckpt_dir: Path, tag: str, universal: bool) -> dict:
                                         load_lr_scheduler_states=True)
     if path is None:
         raise UserError(f"{ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
+    if universal:
+        engine.restore_group_hyperparameters()
     client = read_client(ckpt_dir, tag.removesuffix("-universal"))
     rng = ckpt_dir / tag.removesuffix("-universal") / f"rng-rank{dist.get_rank()}.json"
     if not universal and rng.is_file():  # on another world size, ranks have no saved stream of their own

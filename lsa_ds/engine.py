@@ -98,11 +98,19 @@ class Engine:
         self.recipe = recipe
         self.module = LMWithLoss(lm, recipe.align.chunk_tokens)
         optimizer = make_optimizer(recipe, self.module)
+        self._group_weight_decay = [g["weight_decay"] for g in optimizer.param_groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, total_steps))
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.world = dist.get_world_size()
         self.device = self.ds.device
+
+    def restore_group_hyperparameters(self) -> None:
+        """Re-apply per-group weight decay after loading a universal checkpoint: DeepSpeed copies the
+        first group's hyperparameters onto every group (so norms would get weight decay)."""
+        inner = getattr(self.ds.optimizer, "optimizer", self.ds.optimizer)
+        for group, wd in zip(inner.param_groups, self._group_weight_decay):
+            group["weight_decay"] = wd
 
     def _to_device(self, batch: dict) -> dict:
         return {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
