@@ -16,8 +16,10 @@ from lsa_ds.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lsa_ds.train_cli", "train a recipe on DeepSpeed (launches the ranks)"),
     "demo": ("lsa_ds.demo", "the embedded default end to end: base 128 -> extended 512 on CPU"),
+    "export": ("lsa_ds.export", "write a checkpoint as a Hugging Face folder"),
     "prepare": ("lsa_ds.data.prepare_cli", "tokenize the recipe's sources into the token cache"),
     "data": ("lsa_ds.data.show_cli", "inspect prepared data: `lsa data show RECIPE --index N`"),
+    "eval": ("lsa_ds.eval.cli", "evaluate runs or HF models: perplexity vs length, passkey, misalignment"),
     "synth": ("lsa_ds.synthetic.cli", "the paper's synthetic length-generalisation study (§3)"),
     "config-doc": ("lsa_ds.config_doc", "print the recipe reference (Markdown) from the schema"),
 }

@@ -1,5 +1,6 @@
 """`lsa demo`: the embedded default end to end — stage 1 base pretraining at 128 tokens, stage 2
-context extension to 512 with linear RoPE, then held-out loss of both models at both lengths.
+context extension to 512 with linear RoPE, then held-out loss of both models at both lengths and
+an `lsa eval --compare` report of base versus extended model.
 
 Stages already complete (their `hf/` export exists) are skipped, so running it again is cheap.
 """
@@ -81,11 +82,29 @@ def summarise(stages: list[tuple[str, Path, int]]) -> bool:
     return all(ok for _, ok in checks)
 
 
+def compare(stages: list[tuple[str, Path, int]], out: Path) -> None:
+    """`lsa eval --compare` of the stages: perplexity vs length, passkey, misalignment, one report.
+    Light settings so the demo stays within its time budget on two CPU cores."""
+    from lsa_ds.eval import cli as eval_cli
+
+    args = ["--compare", *[str(run) for _, run, _ in stages], "--out", str(out), "--threads", "1", "--no-progress",
+            "--length-multipliers", "0.5,1,2,4", "--passkey-samples", "2", "--passkey-depths", "0,0.5,1",
+            "--misalign-samples", "32"]
+    if eval_cli.main(args) != 0:
+        raise UserError("the demo's evaluation failed; see the output above")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lsa demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in both stages, e.g. --set train.max_steps=2 (repeatable)")
     p.add_argument("--nproc", type=int, default=None, help="ranks (default 2 on CPU)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final `lsa eval --compare` report")
     args = p.parse_args(argv)
     stages = run_stages(args.overrides, args.nproc)
-    return 0 if summarise(stages) else 1
+    ok = summarise(stages)
+    if not args.no_eval:
+        out = stages[-1][1].parent / "demo-eval"
+        compare(stages, out)
+        Console().print(f"evaluation report: {out / 'report.md'} (plots beside it)")
+    return 0 if ok else 1

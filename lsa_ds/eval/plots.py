@@ -1,0 +1,112 @@
+"""The report's PNGs (matplotlib, Agg backend): one function per figure, each reading the report
+dict and returning the file it wrote, or None when there is nothing to draw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def perplexity_plot(models: list[dict], path: Path) -> Path | None:
+    """Perplexity versus context length, one line per model with 95% error bars; a dotted line
+    marks each model's training length."""
+    rows = [m for m in models if m.get("perplexity")]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, m in enumerate(rows):
+        pts = m["perplexity"]["lengths"]
+        x = [p["length"] for p in pts]
+        y = np.array([p["ppl"] for p in pts])
+        err = np.array([[p["ppl"] - p["ppl_ci"][0] for p in pts], [p["ppl_ci"][1] - p["ppl"] for p in pts]])
+        color = f"C{i % 10}"
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=color, label=f"{m['name']} (L={m['train_len']})")
+        ax.axvline(m["train_len"], color=color, linestyle=":", alpha=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity (same final tokens)")
+    ax.set_title("held-out perplexity versus context length")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def passkey_plot(models: list[dict], path: Path) -> Path | None:
+    """Passkey accuracy heatmaps (depth × length), one panel per model."""
+    rows = [m for m in models if m.get("passkey")]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows) + 1, 3.8), squeeze=False, layout="constrained")
+    for i, (ax, m) in enumerate(zip(axes[0], rows)):
+        pk = m["passkey"]
+        grid = np.array([[np.nan if a is None else a for a in row] for row in pk["accuracy"]], dtype=float).T
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", origin="lower")
+        ax.set_xticks(range(len(pk["lengths"])), [str(n) for n in pk["lengths"]], rotation=45, fontsize=8)
+        ax.set_yticks(range(len(pk["depths"])), [f"{d:g}" for d in pk["depths"]], fontsize=8)
+        for (r, c), v in np.ndenumerate(grid):
+            ax.text(c, r, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xlabel("prompt length (tokens)")
+        if i == 0:
+            ax.set_ylabel("needle depth")
+        ax.set_title(f"{m['name']}", fontsize=10)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+    fig.suptitle("passkey retrieval accuracy")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def misalignment_plot(models: list[dict], path: Path) -> Path | None:
+    """Mean SCE and symmetric KL with 95% intervals per model; one row of panels per variant.
+    Points, not bars: SCE sits near twice the entropy, and a bar from 0 would hide the differences."""
+    rows = [m for m in models if m.get("misalignment")]
+    variants = sorted({v for m in rows for v in m["misalignment"]}, key=["last", "overlap"].index)
+    if not variants:
+        return None
+    fig, axes = plt.subplots(len(variants), 2, figsize=(8, 2.8 * len(variants) + 0.6), squeeze=False)
+    names = [m["name"] for m in rows]
+    for r, variant in enumerate(variants):
+        for c, (key, label) in enumerate((("sce", "SCE"), ("skl", "symmetric KL"))):
+            ax = axes[r][c]
+            stats = [m["misalignment"].get(variant, {}).get(key) for m in rows]
+            means = [s["mean"] if s else np.nan for s in stats]
+            err = [[s["mean"] - s["lo"] if s else 0 for s in stats], [s["hi"] - s["mean"] if s else 0 for s in stats]]
+            for i in range(len(rows)):
+                ax.errorbar([i], [means[i]], yerr=[[err[0][i]], [err[1][i]]], fmt="o", capsize=5, color=f"C{i % 10}")
+            ax.set_xticks(range(len(rows)), names, rotation=20, fontsize=8)
+            ax.set_xlim(-0.5, len(rows) - 0.5)
+            ax.set_title(f"{label}, {variant} position{'s' if variant == 'overlap' else ''}", fontsize=10)
+            ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("long-short misalignment (mean, 95% interval)")
+    return _save(fig, path)
+
+
+def correlation_plot(models: list[dict], correlation: dict, path: Path) -> Path | None:
+    """Long-context perplexity against each predictor, one panel per predictor."""
+    preds = [p for p in correlation.get("predictors", []) if p.get("points")]
+    if not preds:
+        return None
+    fig, axes = plt.subplots(1, len(preds), figsize=(4.2 * len(preds), 3.8), squeeze=False)
+    for ax, p in zip(axes[0], preds):
+        xs, ys, labels = zip(*p["points"])
+        ax.scatter(xs, ys)
+        for x, y, name in p["points"]:
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(p["predictor"])
+        ax.set_ylabel(f"perplexity @ {correlation['length']}")
+        ax.set_title(f"Pearson {p['pearson']:.2f}, Spearman {p['spearman']:.2f}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,176 @@
+"""What `lsa eval` evaluates: a run directory or any local Hugging Face causal-LM folder.
+
+A *run* (`runs/<name>/` with config.yaml and an hf/ export, or that hf/ folder itself) brings its
+training length (train.seq_len), its held-out data (the recipe's token cache), its final training
+loss (metrics.jsonl) and a default output folder (runs/<name>/eval). A plain *model* folder needs
+config.json, weights and a tokenizer; its training length is --length or its
+max_position_embeddings.
+
+Tokenizer: AutoTokenizer when the folder has files it reads (tokenizer.json or
+tokenizer_config.json), else our SentencePiece `tokenizer.model` (what run exports hold; framing
+from lsa_tokenizer.json when present).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lsa_ds.config import Recipe, load_recipe
+from lsa_ds.data.tokenizer import SPM_FILE, Tokenizer
+from lsa_ds.errors import UserError
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class Target:
+    """One model to evaluate and everything known about it before its weights are loaded."""
+
+    name: str
+    """Display name: the run's name or the folder's."""
+    hf_dir: Path
+    run_dir: Path | None
+    recipe: Recipe | None
+    train_len: int
+    """L: the context the model was trained (or extended) to."""
+    train_loss: float | None
+    """Final training loss from metrics.jsonl (runs only)."""
+    tokenizer: Tokenizer
+    vocab_size: int
+
+    @property
+    def kind(self) -> str:
+        return "run" if self.run_dir is not None else "model"
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "path": str(self.run_dir or self.hf_dir),
+                "train_len": self.train_len, "train_loss": self.train_loss,
+                "tokenizer": {"kind": self.tokenizer.kind, "fingerprint": self.tokenizer.fingerprint,
+                              "vocab_size": self.tokenizer.vocab_size}}
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    """The folder's tokenizer, wrapped in our `Tokenizer` (see the module docstring)."""
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as e:  # AutoTokenizer raises many types for a broken folder
+            why = " ".join(str(e).split())[:200]
+            raise UserError(f"{folder}: cannot load its tokenizer ({type(e).__name__}: {why})") from None
+        tok.model_max_length = 1 << 62  # we feed long inputs on purpose; no "longer than max length" warnings
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.iterdir() if p.is_file() and "token" in p.name):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        has = lambda i: i is not None and i >= 0  # noqa: E731
+        return Tokenizer("hf", tok, folder, h.hexdigest()[:16],
+                         add_bos=has(tok.bos_token_id), add_eos=has(tok.eos_token_id))
+    spm_path = folder / SPM_FILE
+    if spm_path.is_file():
+        import sentencepiece as spm
+
+        blob = spm_path.read_bytes()
+        try:
+            sp = spm.SentencePieceProcessor(model_proto=blob)
+        except Exception:
+            raise UserError(f"{spm_path}: not a SentencePiece model") from None
+        framing = {"add_bos": sp.bos_id() >= 0, "add_eos": sp.eos_id() >= 0}
+        described = folder / "lsa_tokenizer.json"
+        if described.is_file():
+            info = json.loads(described.read_text())
+            framing = {k: bool(info.get(k, v)) for k, v in framing.items()}
+        return Tokenizer("sentencepiece", sp, spm_path, hashlib.sha256(blob).hexdigest()[:16], **framing)
+    raise UserError(f"{folder}: no tokenizer (expected tokenizer.json / tokenizer_config.json, or {SPM_FILE})")
+
+
+def _final_train_loss(run_dir: Path) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    loss = None
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") != "eval" and isinstance(row.get("loss"), (int, float)):
+            loss = float(row["loss"])
+    return loss
+
+
+def _check_hf_folder(folder: Path, shown: str) -> None:
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{shown}: not a Hugging Face model folder (no config.json) "
+                        "and not a run directory (no config.yaml)")
+    if not any((folder / w).is_file() for w in _WEIGHTS):
+        raise UserError(f"{shown}: no model weights ({' / '.join(_WEIGHTS[::2])})")
+
+
+def resolve(path: str, length: int | None = None) -> Target:
+    """The target at `path`, or UserError in one line. `length` sets L for plain model folders."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: no such run or model folder")
+    if not p.is_dir():
+        raise UserError(f"{path}: not a folder (expected a run directory or a Hugging Face model folder)")
+    run_dir = None
+    if (p / "config.yaml").is_file():
+        run_dir = p
+    elif p.name == "hf" and (p.parent / "config.yaml").is_file():  # a run's export given directly
+        run_dir = p.parent
+    if run_dir is not None:
+        hf = run_dir / "hf"
+        if not (hf / "config.json").is_file():
+            raise UserError(f"{run_dir}: run has no hf/ export yet (did training finish?)")
+        _check_hf_folder(hf, str(hf))
+        recipe = load_recipe(run_dir / "config.yaml")
+        tok = load_tokenizer(hf)
+        L = recipe.train.seq_len
+        name, loss = run_dir.name, _final_train_loss(run_dir)
+    else:
+        hf, recipe, loss = p, None, None
+        _check_hf_folder(hf, path)
+        tok = load_tokenizer(hf)
+        name = p.resolve().name
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(hf), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{hf}/config.json: cannot load ({' '.join(str(e).split())[:200]})") from None
+    if run_dir is None:
+        L = length or int(getattr(cfg, "max_position_embeddings", 0) or 0)
+        if L < 2:
+            raise UserError(f"{path}: config.json has no max_position_embeddings; pass --length (the training length)")
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    if vocab and tok.vocab_size > vocab:
+        raise UserError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {vocab}")
+    return Target(name, hf, run_dir, recipe, L, loss, tok, vocab)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype: auto is fp32 on CPU and bf16 on a GPU that has it."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model(target: Target, device: torch.device, dtype: torch.dtype, attn: str = "sdpa") -> torch.nn.Module:
+    """The target's weights as an eval-mode causal LM on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(target.hf_dir), dtype=dtype, attn_implementation=attn,
+                                                     local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise UserError(f"{target.hf_dir}: cannot load the model ({type(e).__name__}: {why})") from None
+    return model.to(device).eval()
