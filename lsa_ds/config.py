@@ -233,11 +233,13 @@ class CheckpointConfig(_Section):
 
 class EvalConfig(_Section):
     every_steps: int | None = Field(None, ge=1)
-    """Evaluate held-out loss every this many steps (and at the end)."""
+    """Evaluate every this many steps (and at the end): held-out loss and perplexity at `lengths`,
+    and with alignment on, the long-short misalignment of held-out windows (the cheap in-training
+    subset of `lsa eval`)."""
     batches: int = Field(4, ge=1)
     """Held-out micro-batches per rank per evaluation."""
     lengths: list[int] = Field(default_factory=list)
-    """Context lengths at which held-out loss is measured (default: train.seq_len)."""
+    """Context lengths at which held-out loss is measured (default: 1x and 2x train.seq_len)."""
 
 
 class Recipe(_Section):

@@ -23,25 +23,32 @@ import torch.distributed as dist
 from torch import nn
 
 from lsa_ds.config import Recipe
-from lsa_ds.losses import IGNORE, chunked_ce
+from lsa_ds.losses import IGNORE, alignment_losses
 
 
 class LMWithLoss(nn.Module):
-    """A causal LM whose forward returns loss sums instead of logits."""
+    """A causal LM whose forward returns loss sums (CE, and the long-short divergence) instead of logits.
 
-    def __init__(self, lm: nn.Module, chunk_tokens: int):
+    One forward covers both views: rows are [long views; short views] when `pair_mask` is given.
+    """
+
+    def __init__(self, lm: nn.Module, recipe: Recipe):
         super().__init__()
         self.lm = lm
-        self.chunk_tokens = chunk_tokens
+        self.align = recipe.align
 
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         decoder = getattr(self.lm, self.lm.base_model_prefix)
         return decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
+                pair_mask: torch.Tensor | None = None, shifts: torch.Tensor | None = None,
+                with_divergence: bool = True) -> dict[str, torch.Tensor]:
         hidden = self.hidden_states(input_ids, position_ids)
-        ce_sum, ce_count = chunked_ce(hidden, labels, self.lm.get_output_embeddings(), self.chunk_tokens)
-        return {"ce_sum": ce_sum, "ce_count": ce_count}
+        a = self.align
+        return alignment_losses(hidden, labels, self.lm.get_output_embeddings(), pair_mask, shifts,
+                                divergence=a.divergence, detach=a.detach, chunk_tokens=a.chunk_tokens,
+                                with_divergence=with_divergence)
 
 
 def lr_lambda(recipe: Recipe, total_steps: int):
@@ -96,7 +103,7 @@ class Engine:
         import deepspeed
 
         self.recipe = recipe
-        self.module = LMWithLoss(lm, recipe.align.chunk_tokens)
+        self.module = LMWithLoss(lm, recipe)
         optimizer = make_optimizer(recipe, self.module)
         self._group_weight_decay = [g["weight_decay"] for g in optimizer.param_groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, total_steps))
@@ -120,42 +127,53 @@ class Engine:
         dist.all_reduce(t)
         return t.tolist()
 
-    def train_step(self, micro_batches: list[dict], poison: bool = False) -> StepStats:
-        """One optimizer step over this rank's micro-batches (each: input_ids, labels, position_ids).
+    def train_step(self, micro_batches: list[dict], apply_divergence: bool = True, poison: bool = False) -> StepStats:
+        """One optimizer step over this rank's micro-batches (views from `lsa_ds.data.views`).
 
+        loss = CE + alpha * mean divergence over aligned pairs, both normalised over the whole step
+        (all micro-batches, all ranks). When the divergence is not applied (alpha 0, or a step that
+        `align.every` skips) the pairs are dropped and the step is exactly CE over both views.
         `poison` makes the loss non-finite on purpose (a test hook for the numerics guard)."""
         t0 = time.perf_counter()
-        ga = len(micro_batches)
-        local_count = sum(int((torch.as_tensor(mb["labels"]) != IGNORE).sum()) for mb in micro_batches)
-        (global_count,) = self._global_sum([local_count])
-        scale = self.world * ga / max(global_count, 1.0)
-        ce_sum = 0.0
+        ga, alpha = len(micro_batches), self.recipe.align.alpha
+        if not apply_divergence:
+            micro_batches = [{k: v for k, v in mb.items() if k not in ("pair_mask", "shifts")} for mb in micro_batches]
+        tokens = sum(int((torch.as_tensor(mb["labels"]) != IGNORE).sum()) for mb in micro_batches)
+        pairs = sum(int(torch.as_tensor(mb["pair_mask"]).sum()) for mb in micro_batches if "pair_mask" in mb)
+        tokens, pairs = self._global_sum([tokens, pairs])
+        k = self.world * ga  # undoes DeepSpeed's 1/grad_accum and rank averaging (see module doc)
+        sums = dict.fromkeys(("ce_sum", "div_sum", "sce_sum", "skl_sum", "gap_sum"), 0.0)
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step uses (the scheduler moves it on)
         self.ds.train()
         for mb in micro_batches:
             out = self.ds(**self._to_device(mb))
+            loss = out["ce_sum"] * (k / max(tokens, 1.0))
+            if "pair_mask" in mb and pairs > 0:
+                loss = loss + alpha * out["div_sum"] * (k / pairs)
             if poison:
-                out["ce_sum"] = out["ce_sum"] * float("nan")
-            self.ds.backward(out["ce_sum"] * scale)
+                loss = loss * float("nan")
+            self.ds.backward(loss)
             self.ds.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
-            ce_sum += float(out["ce_sum"].detach())
-        (ce_total,) = self._global_sum([ce_sum])
-        ce = ce_total / max(global_count, 1.0)
+            for key in sums:
+                sums[key] += float(out[key].detach()) if key in out else 0.0
+        totals = dict(zip(sums, self._global_sum(list(sums.values()))))
+        ce = totals["ce_sum"] / max(tokens, 1.0) * (float("nan") if poison else 1.0)
+        per_pair = {key: totals[key] / pairs if pairs else None for key in ("div_sum", "skl_sum", "gap_sum")}
         norm = self.ds.get_global_grad_norm()
-        return StepStats(loss=ce, ce=ce, tokens=int(global_count), grad_norm=None if norm is None else float(norm),
-                         lr=lr, step_time=time.perf_counter() - t0)
+        return StepStats(loss=ce + alpha * (per_pair["div_sum"] or 0.0), ce=ce, tokens=int(tokens),
+                         grad_norm=None if norm is None else float(norm), lr=lr, step_time=time.perf_counter() - t0,
+                         misalign=per_pair["div_sum"], misalign_skl=per_pair["skl_sum"], ce_gap=per_pair["gap_sum"])
 
     @torch.no_grad()
-    def eval_loss(self, batches: list[dict]) -> tuple[float, int]:
-        """Mean next-token CE over all ranks' batches and the number of tokens it averages."""
+    def eval_sums(self, batches: list[dict]) -> dict[str, float]:
+        """Loss sums over all ranks' batches (ce_sum, ce_count, sce_sum, skl_sum, pair_count, ...)."""
         self.ds.eval()
-        s = n = 0.0
+        sums: dict[str, float] = {}
         for mb in batches:
-            out = self.ds(**self._to_device(mb))
-            s += float(out["ce_sum"])
-            n += float(out["ce_count"])
-        s, n = self._global_sum([s, n])
-        return s / max(n, 1.0), int(n)
+            out = self.ds(**self._to_device(mb), with_divergence=False)
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        return dict(zip(sums, self._global_sum(list(sums.values()))))
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full LM weights on rank 0 (None elsewhere); gathers ZeRO-3 shards. Keys as the HF model's."""

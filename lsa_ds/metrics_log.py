@@ -28,7 +28,7 @@ class MetricsLog:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
                 self.tb.add_scalar(prefix + k, v, row["step"])
         if row.get("kind") == "eval":
-            self.note(f"eval step {row['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if "@" in k))
+            self.note(f"eval step {row['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("loss@", "misalign"))))
         elif "loss" in row:
             self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
 

@@ -39,6 +39,10 @@ DIE_TEST_HOOK = "LSA_TEST_DIE_AT"
 """Test hook: `RANK:STEP` — that rank SIGKILLs itself at the start of that step."""
 
 
+EVAL_SHIFT_KEY = 1 << 40
+"""Held-out windows draw their shifts from sample keys offset by this, apart from training samples."""
+
+
 class TrainingAborted(RuntimeError):
     """Raised on every rank when the run cannot continue (e.g. too many non-finite steps)."""
 
@@ -62,16 +66,24 @@ def micro_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
 
 
 def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: int, world: int) -> dict:
-    """Held-out mean CE at each length over `eval.batches` micro-batches per rank."""
+    """Held-out mean CE at each length, and (alignment on) the long-short misalignment of held-out
+    windows with fixed shifts, over `eval.batches` micro-batches per rank."""
     out = {}
     mbs = recipe.train.micro_batch_size
+    ids = [[(b * mbs + k) * world + rank for k in range(mbs)] for b in range(recipe.eval.batches)]
     for length in lengths:
         windows = build_windows(recipe, cache, "eval", window=length + 1)
-        batches = []
-        for b in range(recipe.eval.batches):
-            ids = [(b * mbs + k) * world + rank for k in range(mbs)]
-            batches.append(make_views(np.stack([windows[i] for i in ids]), length))
-        out[f"loss@{length}"], _ = engine.eval_loss(batches)
+        sums = engine.eval_sums([make_views(np.stack([windows[i] for i in batch]), length) for batch in ids])
+        out[f"loss@{length}"] = sums["ce_sum"] / max(sums["ce_count"], 1.0)
+        out[f"ppl@{length}"] = math.exp(min(out[f"loss@{length}"], 50.0))
+    if recipe.align.enabled:
+        windows = build_windows(recipe, cache, "eval")
+        # shifts keyed by held-out sample ids offset far from training ids: the same every evaluation
+        sums = engine.eval_sums([micro_views(recipe, [EVAL_SHIFT_KEY + i for i in batch], np.stack([windows[i] for i in batch]))
+                                 for batch in ids])
+        pairs = max(sums["pair_count"], 1.0)
+        out.update(misalign_sce=sums["sce_sum"] / pairs, misalign_skl=sums["skl_sum"] / pairs,
+                   ce_gap=sums["gap_sum"] / pairs)
     return out
 
 
@@ -132,7 +144,7 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None
 
     log = MetricsLog(run_dir, steps, start, rank == 0)
     stop = StopFlag()
-    lengths = recipe.eval.lengths or [recipe.train.seq_len]
+    lengths = recipe.eval.lengths or [recipe.train.seq_len, 2 * recipe.train.seq_len]
     nan_steps = {int(s) for s in os.environ.get(NAN_TEST_HOOK, "").split(",") if s}
     skipped_in_row, ema, step = 0, None, start
     last_saved = start if resume_tag else None
@@ -150,7 +162,9 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None
                 os.kill(os.getpid(), signal.SIGKILL)
             batch = loader.next_step()
             micro = [micro_views(recipe, ids, w) for ids, w in batch]
-            stats = engine.train_step(micro, poison=step in nan_steps)
+            a = recipe.align
+            apply_div = a.enabled and a.alpha > 0 and step % a.every == 0
+            stats = engine.train_step(micro, apply_divergence=apply_div, poison=step in nan_steps)
             log.advance()
             finite = math.isfinite(stats.loss) and (stats.grad_norm is None or math.isfinite(stats.grad_norm))
             row = {"step": step, "loss": stats.loss, "ce": stats.ce, "misalign": stats.misalign,
