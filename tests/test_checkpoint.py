@@ -33,7 +33,7 @@ def common(out: Path, cache: Path, name: str) -> list[str]:
 def env(tmp_path_factory, prepared, data_cache_dir):
     out = tmp_path_factory.mktemp("ckpt-runs")
     recipe = out / "r.yaml"
-    recipe.write_text("align: {enabled: false}\n")
+    recipe.write_text("align: {enabled: true, alpha: 0.1}\n")
     lsa("train", str(recipe), *common(out, data_cache_dir, "ref"), "--nproc", "2")
     return out, recipe, data_cache_dir
 

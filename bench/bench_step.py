@@ -1,0 +1,131 @@
+"""Training-step benchmark: alpha 0.1 vs alpha 0 vs a naive HF-style step, 2 ranks ZeRO-3 on CPU.
+
+    python bench/bench_step.py [--seq-len 1024] [--vocab 32000] [--steps 6] [--out bench/out]
+
+Every variant trains the same model (LLaMA, hidden 256, 4 layers) on the same [A; S] views:
+- `alpha0`:  our step, CE over both views (divergence not applied)
+- `alpha01`: our step, CE + 0.1 · SCE over aligned pairs (chunked, closed-form gradients)
+- `naive`:   what a hand-made HF-Trainer script does: two separate engine forwards (long, short),
+             materialised logits, CE and SCE through autograd
+Each variant is its own 2-rank DeepSpeed launch (so peak RSS is its own); this script runs them one
+after another and reports step time and peak RSS ratios. Not a test: it only measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = ("alpha0", "alpha01", "naive")
+
+
+def rank_main(args) -> None:
+    import deepspeed
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from lsa_ds.config import load_recipe
+    from lsa_ds.data.views import draw_shifts, make_views
+    from lsa_ds.ds_config import resolve_ds_config
+    from lsa_ds.engine import Engine
+    from lsa_ds.model import build_hf_config, build_model
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    L, V = args.seq_len, args.vocab
+    recipe = load_recipe(None, [
+        "model.preset=tiny", "model.overrides={hidden_size: 256, intermediate_size: 688, num_hidden_layers: 4, "
+        "num_attention_heads: 4, num_key_value_heads: 4, max_position_embeddings: %d}" % L,
+        f"train.seq_len={L}", "train.micro_batch_size=1", f"train.max_steps={args.steps}",
+        f"align.alpha={0.0 if args.variant == 'alpha0' else 0.1}"])
+    ds_config = resolve_ds_config(recipe, world)
+    lm = build_model(recipe, build_hf_config(recipe, V, 1, 2, None), ds_config)
+    rng = np.random.default_rng(rank)
+
+    def views():
+        w = rng.integers(0, V, size=(1, recipe.window_tokens))
+        return make_views(w, L, draw_shifts([int(rng.integers(1 << 30))], 0, 1, L // 2))
+
+    if args.variant != "naive":
+        engine = Engine(recipe, ds_config, lm, args.steps)
+
+        def step():
+            engine.train_step([views()], apply_divergence=args.variant == "alpha01")
+    else:
+        opt = torch.optim.AdamW(lm.parameters(), lr=1e-4)
+        ds, _, _, _ = deepspeed.initialize(model=lm, optimizer=opt, config=ds_config)
+
+        def step():
+            v = {k: torch.as_tensor(x) for k, x in views().items()}
+            a = ds(input_ids=v["input_ids"][:1], position_ids=v["position_ids"][:1]).logits.float()
+            s = ds(input_ids=v["input_ids"][1:], position_ids=v["position_ids"][1:]).logits.float()
+            ce = F.cross_entropy(torch.cat([a, s]).reshape(-1, V), v["labels"].reshape(-1))
+            e = int(v["shifts"][0])
+            lp, lq = a[0, e:].log_softmax(-1), s[0, :L - e].log_softmax(-1)
+            sce = (-(lp.exp() * lq).sum(-1) - (lq.exp() * lp).sum(-1)).mean()
+            ds.backward(ce + 0.1 * sce)
+            ds.step()
+
+    times = []
+    for i in range(args.steps):
+        dist.barrier()
+        t0 = time.perf_counter()
+        step()
+        dist.barrier()
+        times.append(time.perf_counter() - t0)
+    rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])
+    dist.all_reduce(rss, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        warm = times[2:] or times
+        Path(args.result).write_text(json.dumps({"variant": args.variant, "step_s": sorted(warm)[len(warm) // 2],
+                                                 "all_step_s": times, "peak_rss_mb": rss.item()}))
+
+
+def launch(variant: str, args, out: Path) -> dict:
+    result = out / f"step-{variant}.json"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--no_local_rank",
+           "--master_port", str(29700 + VARIANTS.index(variant)), __file__, "--rank", "--variant", variant,
+           "--seq-len", str(args.seq_len), "--vocab", str(args.vocab), "--steps", str(args.steps), "--result", str(result)]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--out", type=Path, default=Path("bench/out"))
+    p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.rank:
+        return rank_main(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    res = {v: launch(v, args, args.out) for v in VARIANTS}
+    base, ours, naive = res["alpha0"], res["alpha01"], res["naive"]
+    rows = [("alpha 0.1 / alpha 0, step time", ours["step_s"] / base["step_s"], "<= 1.05"),
+            ("alpha 0.1 / alpha 0, peak RSS", ours["peak_rss_mb"] / base["peak_rss_mb"], "<= 1.10"),
+            ("ours (alpha 0.1) / naive, step time", ours["step_s"] / naive["step_s"], "<= 0.65"),
+            ("ours (alpha 0.1) / naive, peak RSS", ours["peak_rss_mb"] / naive["peak_rss_mb"], "< 1")]
+    print(f"L={args.seq_len} V={args.vocab} hidden 256, 4 layers, 2 ranks ZeRO-3 (gloo, 1 thread each)")
+    for v, r in res.items():
+        print(f"  {v:8s} median step {r['step_s']:.3f} s   peak RSS {r['peak_rss_mb']:.0f} MiB   steps {[round(t, 2) for t in r['all_step_s']]}")
+    for name, value, want in rows:
+        print(f"  {name:38s} {value:.3f}   (target {want})")
+    (args.out / "step.json").write_text(json.dumps({"results": res, "ratios": {n: v for n, v, _ in rows}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
