@@ -236,8 +236,9 @@ class EvalConfig(_Section):
     """Evaluate every this many steps (and at the end): held-out loss and perplexity at `lengths`,
     and with alignment on, the long-short misalignment of held-out windows (the cheap in-training
     subset of `lsa eval`)."""
-    batches: int = Field(4, ge=1)
-    """Held-out micro-batches per rank per evaluation."""
+    windows: int = Field(32, ge=1)
+    """Held-out windows per evaluation, split across ranks: the same windows whatever the batch
+    size, so runs with different batch shapes are compared on the same text."""
     lengths: list[int] = Field(default_factory=list)
     """Context lengths at which held-out loss is measured (default: 1x and 2x train.seq_len)."""
 

@@ -67,10 +67,12 @@ def micro_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
 
 def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: int, world: int) -> dict:
     """Held-out mean CE at each length, and (alignment on) the long-short misalignment of held-out
-    windows with fixed shifts, over `eval.batches` micro-batches per rank."""
+    windows with fixed shifts, over the first `eval.windows` held-out windows (rank r takes
+    r, r + world, ...; every rank runs the same number of forwards, which ZeRO-3 needs)."""
     out = {}
     mbs = recipe.train.micro_batch_size
-    ids = [[(b * mbs + k) * world + rank for k in range(mbs)] for b in range(recipe.eval.batches)]
+    mine = [rank + k * world for k in range(math.ceil(recipe.eval.windows / world))]
+    ids = [mine[i:i + mbs] for i in range(0, len(mine), mbs)]
     for length in lengths:
         windows = build_windows(recipe, cache, "eval", window=length + 1)
         sums = engine.eval_sums([make_views(np.stack([windows[i] for i in batch]), length) for batch in ids])

@@ -126,7 +126,7 @@ def test_chunked_step_equals_two_plain_forwards():
 def test_alpha_zero_is_ce_on_both_views_and_alpha_lowers_heldout_misalignment(tmp_path, prepared, data_cache_dir):
     common = [*SMALL_DATA, f"data.cache_dir={data_cache_dir}", f"run.output_dir={tmp_path}", "model.preset=tiny",
               "train.seq_len=64", "train.max_steps=30", "train.micro_batch_size=2", "optim.lr=3e-3",
-              "optim.warmup_steps=2", "eval.batches=4", "align.enabled=true"]
+              "optim.warmup_steps=2", "eval.windows=16", "align.enabled=true"]
     recipe = tmp_path / "r.yaml"
     recipe.write_text("{}\n")
     for name, extra in [("a0", ["align.alpha=0"]), ("never", ["align.alpha=0.3", "align.every=1000"]),

@@ -25,7 +25,7 @@ STEPS = 10
 def common(out: Path, cache: Path, name: str) -> list[str]:
     return sets(*SMALL_DATA, f"data.cache_dir={cache}", f"run.output_dir={out}", f"run.name={name}",
                 "model.preset=tiny", "train.seq_len=64", f"train.max_steps={STEPS}", "train.micro_batch_size=1",
-                "train.grad_accum=2", "optim.lr=3e-3", "optim.warmup_steps=2", "eval.batches=2",
+                "train.grad_accum=2", "optim.lr=3e-3", "optim.warmup_steps=2", "eval.windows=4",
                 "checkpoint.every_steps=2", "checkpoint.keep_last=2", "train.dist_timeout_s=30")
 
 

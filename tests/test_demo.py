@@ -12,7 +12,7 @@ pytestmark = pytest.mark.deepspeed
 
 def test_demo_stages_smoke_and_rerun_skips(tmp_path):
     short = sets(f"run.output_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=2",
-                 "eval.batches=1", "eval.every_steps=null")
+                 "eval.windows=2", "eval.every_steps=null")
     first = lsa("demo", *short, check=False, timeout=1200)
     out = first.stdout + first.stderr
     assert first.returncode in (0, 1), out[-4000:]  # 1: two steps do not keep the demo's promises

@@ -111,6 +111,17 @@ def test_closed_form_equals_autograd_impl(divergence):
                 alignment_losses(hidden, labels, proj, mask, SHIFTS, impl="autograd", **kw), [hidden, proj.weight])
 
 
+def test_no_grad_evaluation_gives_the_same_values():
+    """Eval runs the chunks without checkpoint (and the Function's forward only)."""
+    proj, hidden, labels, mask = setup()
+    with_grad = alignment_losses(hidden, labels, proj, mask, SHIFTS, divergence="js", chunk_tokens=9)
+    with torch.no_grad():
+        without = alignment_losses(hidden, labels, proj, mask, SHIFTS, divergence="js", chunk_tokens=9)
+    for k, v in with_grad.items():
+        assert not without[k].requires_grad
+        torch.testing.assert_close(without[k], v.detach(), rtol=0, atol=0)
+
+
 def test_without_pairs_is_plain_ce(monkeypatch):
     monkeypatch.setattr(losses, "_CPU_BLOCK_ELEMS", 2 * V)  # blocks of 2 rows
     proj, hidden, labels, _ = setup()

@@ -23,7 +23,7 @@ def runs(tmp_path_factory, prepared, data_cache_dir):
     out = tmp_path_factory.mktemp("runs")
     common = [*SMALL_DATA, f"data.cache_dir={data_cache_dir}", f"run.output_dir={out}", "model.preset=tiny",
               "train.seq_len=64", f"train.max_steps={STEPS}", "train.grad_accum=2", "optim.lr=3e-3",
-              "optim.warmup_steps=2", "align.enabled=false", "eval.batches=2", "eval.every_steps=6"]
+              "optim.warmup_steps=2", "align.enabled=false", "eval.windows=4", "eval.every_steps=6"]
     recipe = out / "base.yaml"
     recipe.write_text("{}\n")
     lsa("train", str(recipe), *sets(*common, "run.name=two", "train.micro_batch_size=1"), "--nproc", "2")
