@@ -3,8 +3,9 @@
 Pure torch, no DeepSpeed. Inputs are the decoder's hidden states and a `project` callable
 (hidden -> logits); the engine passes the output layer as a *module call* so ZeRO-3's hooks gather
 its sharded weight. Work runs chunk by chunk: each chunk's logits are recomputed in backward
-(`torch.utils.checkpoint`, non-reentrant), so peak memory holds one chunk of logits, and the whole
-call is ONE autograd graph (one backward per micro-step, which ZeRO-3's gradient hooks require).
+(`torch.utils.checkpoint`, non-reentrant; all but the last chunk, whose backward runs first), so
+peak memory holds one chunk of logits plus their gradient, and the whole call is ONE autograd graph
+(one backward per micro-step, which ZeRO-3's gradient hooks require).
 
 Aligned pairs: rows of `hidden` are [long views; short views]; short position j of sample b pairs
 with long position j + E_b. Each sample's long row is rotated by E_b so slot j holds long position
@@ -77,12 +78,11 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x * y).sum(-1, keepdim=True)
 
 
-def _softmax_lse(zf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax [..., V], logsumexp [..., 1]) with a single exp pass: softmax is monotone, so the
+def _lse(zf: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """logsumexp [..., 1] from the softmax without another exp pass: softmax is monotone, so the
     largest probability is exp(0) / sum at the largest logit and lse = max z - log max p (max p >= 1/V,
-    well conditioned). log_softmax followed by exp would pay for exp twice."""
-    probs = torch.softmax(zf, dim=-1)
-    return probs, zf.amax(-1, keepdim=True) - probs.amax(-1, keepdim=True).log()
+    well conditioned). log_softmax followed by exp would pay for exp twice; exp dominates this math."""
+    return zf.amax(-1, keepdim=True) - probs.amax(-1, keepdim=True).log()
 
 
 def _targets(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,66 +99,94 @@ def _js_log_ratios(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _block_forward(zf: torch.Tensor, y: torch.Tensor, pairs: torch.Tensor | None, divergence: str,
-                   with_divergence: bool) -> torch.Tensor:
-    """The KEYS vector of one block of fp32 logits [P, k, V].
+                   with_divergence: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the KEYS vector, the divergence's per-pair inner products [P, 2] that backward reuses) of one
+    block of fp32 logits [P, k, V].
 
     KLs are dot products with a log-ratio, never CE minus entropy: near-aligned distributions have
     KL << entropy and the difference would be lost to fp32 cancellation.
     """
-    probs, lse = _softmax_lse(zf)
+    probs = torch.softmax(zf, dim=-1)
+    lse = _lse(zf, probs)
     valid, tgt = _targets(y)
     lp_t = (zf.gather(-1, tgt) - lse).squeeze(-1)  # log prob of each row's target
     zero = zf.new_zeros(())
     ce = -torch.where(valid, lp_t, zero).sum()
     if pairs is None:
-        return torch.stack([ce, zero, zero, zero, zero])
+        return torch.stack([ce, zero, zero, zero, zero]), None
     a, s, p, q, la, ls = zf[:, 0], zf[:, 1], probs[:, 0], probs[:, 1], lse[:, 0], lse[:, 1]
     # gap: CE of the long target under the short context minus under the long one
     lq_t = (s.gather(-1, tgt[:, 0]) - ls).squeeze(-1)
     gap = torch.where(pairs & valid[:, 0], lp_t[:, 0] - lq_t, zero).sum()
-    sce = (ls - _dot(p, s)) + (la - _dot(q, a))  # -<p, log q> - <q, log p>, as sum(p) = 1
+    stats = torch.cat([_dot(p, s), _dot(q, a)], -1)  # <p, s>, <q, a>
+    sce = (ls + la - stats.sum(-1, keepdim=True))  # -<p, log q> - <q, log p>, as sum(p) = 1
     d = (a - s).sub_(la - ls)  # log p - log q
-    skl = _dot(p, d) - _dot(q, d)  # KL(p||q) + KL(q||p), both terms >= 0
-    div = {"sce": sce, "skl": skl}.get(divergence)
+    div = sce
+    if with_divergence and divergence == "skl":
+        stats = torch.cat([_dot(p, d), -_dot(q, d)], -1)  # KL(p||q), KL(q||p)
+        skl = div = stats.sum(-1, keepdim=True)
+    else:  # every term (p_i - q_i)(log p_i - log q_i) is >= 0
+        skl = _dot(p - q, d)
     if with_divergence and divergence == "js":
         lp_m, lq_m = _js_log_ratios(d)
-        div = 0.5 * (_dot(p, lp_m) + _dot(q, lq_m))
+        stats = torch.cat([_dot(p, lp_m), _dot(q, lq_m)], -1)  # KL(p||m), KL(q||m)
+        div = 0.5 * stats.sum(-1, keepdim=True)
     pair_sum = lambda v: torch.where(pairs, v.squeeze(-1), zero).sum()  # noqa: E731
-    return torch.stack([ce, pair_sum(div) if with_divergence else zero, pair_sum(sce), pair_sum(skl), gap])
+    vec = torch.stack([ce, pair_sum(div) if with_divergence else zero, pair_sum(sce), pair_sum(skl), gap])
+    return vec, stats if with_divergence else None
 
 
-def _div_grads(zf: torch.Tensor, probs: torch.Tensor, lse: torch.Tensor, divergence: str, need_long: bool,
-               need_short: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """d(divergence)/d(long logits), d(...)/d(short logits) per pair, [P, V] each, closed form.
+def _block_grad(zf: torch.Tensor, y: torch.Tensor, pairs: torch.Tensor | None, g: torch.Tensor, divergence: str,
+                detach: str, with_divergence: bool, stats: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """d(g[0] * ce + g[1] * div)/d(logits) of one block, written into `out` [P, k, V] (fp32).
 
-    With the softmax Jacobian dp/da = diag(p) - p p^T:
+    CE: softmax - onehot per row with a target. Divergence, with the softmax Jacobian
+    dp/da = diag(p) - p p^T and d = log p - log q:
       sce: ga = p - q - p(log q - <p,log q>) = p(1 + <p,s> - s) - q     (lse cancels)
            gs = q - p - q(log p - <q,log p>) = q(1 + <q,a> - a) - p
-      skl: ga = p - q + p(d - KL(p||q))    gs = q - p - q(d + KL(q||p)),  d = log p - log q
+      skl: ga = p(1 + d - KL(p||q)) - q     gs = q(1 - d - KL(q||p)) - p
       js:  ga = p(log p/m - KL(p||m)) / 2   gs = q(log q/m - KL(q||m)) / 2
-    Each is the partial derivative with the other side held fixed, so detaching a side just drops it.
+    Each is the partial derivative with the other side held fixed, so detaching a side drops it.
+    Both terms of a side fold into p (alpha + beta x) + gamma q per row: three passes over the
+    vocabulary and no separate buffer. `stats` are the per-pair inner products forward computed
+    (recomputed here when absent).
     """
-    a, s, p, q, la, ls = zf[:, 0], zf[:, 1], probs[:, 0], probs[:, 1], lse[:, 0], lse[:, 1]
-    ga = gs = None
+    probs = torch.softmax(zf, dim=-1)
+    valid, tgt = _targets(y)
+    w_ce = valid.to(probs.dtype).unsqueeze(-1) * g[0]  # [P, k, 1]
+    if pairs is None or not with_divergence:
+        return torch.mul(probs, w_ce, out=out).scatter_add_(-1, tgt, -w_ce)
+    w = pairs.to(probs.dtype).unsqueeze(-1) * g[1]  # [P, 1]
+    a, s, p, q, oa, os = zf[:, 0], zf[:, 1], probs[:, 0], probs[:, 1], out[:, 0], out[:, 1]
+    wa, ws = w_ce[:, 0], w_ce[:, 1]
+    need_long, need_short = detach != "long", detach != "short"
     if divergence == "sce":
-        if need_long:
-            ga = torch.sub(1 + _dot(p, s), s).mul_(p).sub_(q)
+        p_s, q_a = (stats[:, :1], stats[:, 1:]) if stats is not None else (_dot(p, s), _dot(q, a))
+        if need_long:  # p (w_ce + w (1 + <p,s>) - w s) - w q
+            torch.addcmul(wa + w * (1 + p_s), s, -w, out=oa).mul_(p).addcmul_(q, -w)
         if need_short:
-            gs = torch.sub(1 + _dot(q, a), a).mul_(q).sub_(p)
-    elif divergence == "skl":
-        d = (a - s).sub_(la - ls)
-        kl_pq, kl_qp = _dot(p, d), -_dot(q, d)
-        if need_long:
-            ga = (d + (1 - kl_pq)).mul_(p).sub_(q)
-        if need_short:  # d's storage is reused, so this comes last
-            gs = d.neg_().add_(1 - kl_qp).mul_(q).sub_(p)
+            torch.addcmul(ws + w * (1 + q_a), a, -w, out=os).mul_(q).addcmul_(p, -w)
     else:
-        lp_m, lq_m = _js_log_ratios((a - s).sub_(la - ls))
-        if need_long:  # the dot is evaluated before sub_ runs
-            ga = lp_m.sub_(_dot(p, lp_m)).mul_(p).mul_(0.5)
-        if need_short:
-            gs = lq_m.sub_(_dot(q, lq_m)).mul_(q).mul_(0.5)
-    return ga, gs
+        lse = _lse(zf, probs)
+        d = (a - s).sub_(lse[:, 0] - lse[:, 1])
+        if divergence == "skl":
+            kl_pq, kl_qp = (stats[:, :1], stats[:, 1:]) if stats is not None else (_dot(p, d), -_dot(q, d))
+            if need_long:  # p (w_ce + w (1 - KL(p||q)) + w d) - w q
+                torch.addcmul(wa + w * (1 - kl_pq), d, w, out=oa).mul_(p).addcmul_(q, -w)
+            if need_short:
+                torch.addcmul(ws + w * (1 - kl_qp), d, -w, out=os).mul_(q).addcmul_(p, -w)
+        else:
+            lp_m, lq_m = _js_log_ratios(d)
+            kl_pm, kl_qm = (stats[:, :1], stats[:, 1:]) if stats is not None else (_dot(p, lp_m), _dot(q, lq_m))
+            if need_long:  # p (w_ce - w KL(p||m) / 2 + w log(p/m) / 2)
+                torch.addcmul(wa - 0.5 * w * kl_pm, lp_m, 0.5 * w, out=oa).mul_(p)
+            if need_short:
+                torch.addcmul(ws - 0.5 * w * kl_qm, lq_m, 0.5 * w, out=os).mul_(q)
+    if not need_long:
+        torch.mul(p, wa, out=oa)
+    if not need_short:
+        torch.mul(q, ws, out=os)
+    return out.scatter_add_(-1, tgt, -w_ce)
 
 
 class _ChunkLoss(torch.autograd.Function):
@@ -172,41 +200,32 @@ class _ChunkLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, y, pairs, divergence, detach, with_divergence):
         ctx.save_for_backward(z, y, pairs)
-        ctx.divergence, ctx.detach, ctx.with_divergence = divergence, detach, with_divergence
+        ctx.divergence, ctx.detach, ctx.with_divergence, ctx.stats = divergence, detach, with_divergence, None
         if getattr(_state, "recomputing", False):
             return z.new_zeros(len(KEYS), dtype=torch.float32)  # discarded by checkpoint
         blocks = _row_blocks(z)
-        return torch.stack([
-            _block_forward(z[i:i + blocks.step].float(), y[i:i + blocks.step],  # fp32 whatever the precision
-                           None if pairs is None else pairs[i:i + blocks.step], divergence, with_divergence)
-            for i in blocks]).sum(0)
+        done = [_block_forward(z[i:i + blocks.step].float(), y[i:i + blocks.step],  # fp32 whatever the precision
+                               None if pairs is None else pairs[i:i + blocks.step], divergence, with_divergence)
+                for i in blocks]
+        if done[0][1] is not None:
+            # [P, 2] per chunk, kept on ctx rather than saved: backward runs on this (the first run's)
+            # ctx, and these few numbers spare it a pass over the vocabulary per side
+            ctx.stats = torch.cat([st for _, st in done])
+        return torch.stack([vec for vec, _ in done]).sum(0)
 
     @staticmethod
     def backward(ctx, g):
         z, y, pairs = ctx.saved_tensors
-        with_div = pairs is not None and ctx.with_divergence
         grad = torch.empty_like(z)
         blocks = _row_blocks(z)
         for i in blocks:
             sl = slice(i, i + blocks.step)
-            zf = z[sl].float()
-            probs, lse = _softmax_lse(zf)
-            ga = gs = None
-            if with_div:
-                ga, gs = _div_grads(zf, probs, lse, ctx.divergence, ctx.detach != "long", ctx.detach != "short")
-            # CE: softmax - onehot on rows with a target, written straight into fp32 output
-            valid, tgt = _targets(y[sl])
-            w_ce = (valid.to(probs.dtype) * g[0]).unsqueeze(-1)
-            gb = torch.mul(probs, w_ce, out=grad[sl]) if grad.dtype == torch.float32 else probs.mul_(w_ce)
-            gb.scatter_add_(-1, tgt, -w_ce)
-            if with_div:
-                w = (pairs[sl].to(probs.dtype) * g[1]).unsqueeze(-1)
-                if ga is not None:
-                    gb[:, 0].addcmul_(ga, w)
-                if gs is not None:
-                    gb[:, 1].addcmul_(gs, w)
-            if gb.dtype != grad.dtype:
-                grad[sl].copy_(gb)
+            # fp32 logits: the gradient is written straight into the returned buffer
+            out = grad[sl] if grad.dtype == torch.float32 else torch.empty_like(grad[sl], dtype=torch.float32)
+            _block_grad(z[sl].float(), y[sl], None if pairs is None else pairs[sl], g, ctx.divergence, ctx.detach,
+                        ctx.with_divergence, None if ctx.stats is None else ctx.stats[sl], out)
+            if out.dtype != grad.dtype:
+                grad[sl].copy_(out)
         return grad, None, None, None, None, None
 
 
@@ -314,9 +333,12 @@ def alignment_losses(hidden: torch.Tensor, labels: torch.Tensor, project: Projec
         z = project(h.reshape(P * k, H))
         return chunk_math(z.view(P, k, -1), y, m, divergence, detach, with_divergence)
 
+    chunks = list(zip(*(t.split(per_chunk) for t in parts)))
     outs = []
-    for chunk in zip(*(t.split(per_chunk) for t in parts)):
-        if torch.is_grad_enabled():
+    for i, chunk in enumerate(chunks):
+        # The last chunk keeps its logits instead: backward starts with it, so holding them from
+        # here to there raises no peak, and a single-chunk call costs no recompute at all.
+        if torch.is_grad_enabled() and i < len(chunks) - 1:
             outs.append(checkpoint(run_chunk, *chunk, use_reentrant=False, context_fn=_context_fn))
         else:
             outs.append(run_chunk(*chunk))

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lsa_ds.data.views import make_views, pair_mask
 from lsa_ds import losses
+from lsa_ds.data.views import make_views, pair_mask
 from lsa_ds.losses import IGNORE, alignment_losses, chunked_ce
 
 B, L, H, V = 2, 13, 16, 97
@@ -109,6 +109,17 @@ def test_closed_form_equals_autograd_impl(divergence):
     kw = dict(divergence=divergence, detach="short", chunk_tokens=9)
     assert_same(alignment_losses(hidden, labels, proj, mask, SHIFTS, **kw),
                 alignment_losses(hidden, labels, proj, mask, SHIFTS, impl="autograd", **kw), [hidden, proj.weight])
+
+
+@pytest.mark.parametrize("divergence", ["sce", "skl", "js"])
+def test_backward_without_forward_stats(divergence, monkeypatch):
+    """Backward recomputes the per-pair inner products when forward's are absent (the fallback)."""
+    proj, hidden, labels, mask = setup()
+    kw = dict(divergence=divergence, chunk_tokens=9)
+    ref = alignment_losses(hidden, labels, proj, mask, SHIFTS, **kw)
+    forward = losses._block_forward
+    monkeypatch.setattr(losses, "_block_forward", lambda *a: (forward(*a)[0], None))
+    assert_same(alignment_losses(hidden, labels, proj, mask, SHIFTS, **kw), ref, [hidden, proj.weight])
 
 
 def test_no_grad_evaluation_gives_the_same_values():
