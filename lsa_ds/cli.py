@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("lsa_ds.data.prepare_cli", "tokenize the recipe's sources into the token cache"),
     "data": ("lsa_ds.data.show_cli", "inspect prepared data: `lsa data show RECIPE --index N`"),
     "eval": ("lsa_ds.eval.cli", "evaluate runs or HF models: perplexity vs length, passkey, misalignment"),
+    "sweep": ("lsa_ds.sweep", "expand an ablation grid into runs; run them, print their launch commands, or --report"),
     "synth": ("lsa_ds.synthetic.cli", "the paper's synthetic length-generalisation study (§3)"),
     "config-doc": ("lsa_ds.config_doc", "print the recipe reference (Markdown) from the schema"),
 }
