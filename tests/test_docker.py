@@ -1,0 +1,510 @@
+"""The docker image: lint, one pin file shared with the README install, build context, run script.
+
+No docker engine is needed: the Dockerfile is parsed (continuations joined, ARG defaults substituted,
+RUN commands split into shell commands), `.dockerignore` is evaluated with Docker's own matching rules,
+and launch/docker-run.sh is exercised in its dry-run mode.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import posixpath
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+PIN_FILE = "requirements/constraints.txt"
+RUN_SCRIPT = ROOT / "launch" / "docker-run.sh"
+BIN = Path(sys.executable).parent
+
+
+def _tool(name: str) -> Path:
+    path = BIN / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed next to {sys.executable} (pip install -c {PIN_FILE} -e .[dev])")
+    return path
+
+
+# --- linters ---------------------------------------------------------------------------------------
+
+
+def test_hadolint_dockerfile_is_clean():
+    hadolint = _tool("hadolint")
+    r = subprocess.run([str(hadolint), "--config", str(ROOT / "docker" / ".hadolint.yaml"), str(DOCKERFILE)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_shellcheck_docker_scripts_are_clean():
+    shellcheck = _tool("shellcheck")
+    scripts = [RUN_SCRIPT, ROOT / "docker" / "entrypoint.sh", ROOT / "docker" / "lsa-sshd.sh"]
+    r = subprocess.run([str(shellcheck), *map(str, scripts)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- a small Dockerfile parser ---------------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+    workdir: str  # WORKDIR in force when the instruction runs
+
+
+def parse_dockerfile(path: Path = DOCKERFILE) -> list[Instruction]:
+    """Instructions with line continuations joined and comment lines dropped (also inside a continued
+    instruction, as Docker does); `${ARG}`/`$ARG` replaced by the ARG's default where it has one."""
+    logical: list[str] = []
+    current = ""
+    for raw in path.read_text().splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        logical.append(current + stripped)
+        current = ""
+    assert not current, "Dockerfile ends inside a line continuation"
+
+    defaults: dict[str, str] = {}
+    workdir = "/"
+    out: list[Instruction] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "ARG":
+            name, eq, value = args.strip().partition("=")
+            if eq:
+                defaults[name] = value.strip().strip('"')
+        args = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults.get(m[1] or m[2], m[0]), args.strip())
+        if keyword == "WORKDIR":
+            workdir = posixpath.normpath(posixpath.join(workdir, args))
+        out.append(Instruction(keyword, args, workdir))
+    return out
+
+
+def arg_defaults() -> dict[str, str]:
+    out = {}
+    for ins in parse_dockerfile():
+        if ins.keyword == "ARG":
+            name, eq, value = ins.args.partition("=")
+            if eq:
+                out[name] = value.strip('"')
+    return out
+
+
+def shell_commands(run: str) -> list[list[str]]:
+    """A RUN's shell text split into simple commands (at &&, ||, ;, |) as token lists."""
+    lexer = shlex.shlex(run, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    commands, cmd = [], []
+    for tok in lexer:
+        if tok and set(tok) <= set(";&|"):
+            if cmd:
+                commands.append(cmd)
+            cmd = []
+        else:
+            cmd.append(tok)
+    if cmd:
+        commands.append(cmd)
+    return commands
+
+
+@dataclass
+class PipInstall:
+    prefix: list[str]  # what comes before pip (env -u PIP_CONSTRAINT, VAR=value ...)
+    constraints: list[str] = field(default_factory=list)
+    requirement_files: list[str] = field(default_factory=list)
+    editable: list[str] = field(default_factory=list)
+    requirements: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    workdir: str = "/"
+
+
+_PIP_VALUE_OPTIONS = {"-c", "--constraint", "-r", "--requirement", "-e", "--editable", "-i", "--index-url",
+                      "--extra-index-url", "-f", "--find-links", "-t", "--target", "--prefix", "--root"}
+
+
+def pip_installs() -> list[PipInstall]:
+    found = []
+    for ins in parse_dockerfile():
+        if ins.keyword != "RUN":
+            continue
+        for cmd in shell_commands(ins.args):
+            # `pip install ...`, `pip3 install`, `python -m pip install`, possibly after `env ...` / `if ...; then`
+            for i, tok in enumerate(cmd[:-1]):
+                if posixpath.basename(tok) in ("pip", "pip3") and cmd[i + 1] == "install":
+                    start = i - 2 if i >= 2 and cmd[i - 1] == "-m" else i
+                    break
+            else:
+                continue
+            pi = PipInstall(prefix=cmd[:start], workdir=ins.workdir)
+            rest = iter(cmd[i + 2:])
+            for tok in rest:
+                opt, eq, val = tok.partition("=")
+                if tok.startswith("-") and opt in _PIP_VALUE_OPTIONS:
+                    value = val if eq else next(rest)
+                    if opt in ("-c", "--constraint"):
+                        pi.constraints.append(value)
+                    elif opt in ("-r", "--requirement"):
+                        pi.requirement_files.append(value)
+                    elif opt in ("-e", "--editable"):
+                        pi.editable.append(value)
+                    else:
+                        pi.flags.append(tok)
+                elif tok.startswith("-"):
+                    pi.flags.append(tok)
+                else:
+                    pi.requirements.append(tok)
+            found.append(pi)
+    return found
+
+
+def read_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / PIN_FILE).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        specs = list(req.specifier)
+        assert len(specs) == 1 and specs[0].operator == "==", f"{PIN_FILE}: not an exact pin: {line}"
+        pins[canonicalize_name(req.name)] = specs[0].version
+    return pins
+
+
+# --- the image installs from the shared pin file -----------------------------------------------------
+
+
+def test_dockerfile_copies_the_pin_file_and_every_pip_install_uses_it():
+    instructions = parse_dockerfile()
+    copied_to = set()
+    for ins in instructions:
+        if ins.keyword == "COPY":
+            *srcs, dest = [a for a in shlex.split(ins.args) if not a.startswith("--")]
+            if PIN_FILE in srcs:
+                copied_to.add(posixpath.normpath(posixpath.join(ins.workdir, dest)))
+    assert copied_to, f"the Dockerfile does not COPY {PIN_FILE}"
+
+    installs = pip_installs()
+    assert installs, "no pip install in the Dockerfile's RUN instructions"
+    project = [pi for pi in installs if "." in pi.editable or "." in pi.requirements]
+    assert project, "no RUN installs the project itself (pip install ... -e .)"
+    for pi in installs:
+        pin_file_args = [c for c in pi.constraints if c.endswith(PIN_FILE)]
+        assert pin_file_args, f"pip install without -c {PIN_FILE}: {pi}"
+        for c in pin_file_args:  # the path pip opens is the copied pin file
+            assert posixpath.normpath(posixpath.join(pi.workdir, c)) in copied_to, (c, pi.workdir, copied_to)
+        # NGC's PIP_CONSTRAINT (the base image's own pins) must not override the shared pin file.
+        unset = any(pi.prefix[k:k + 3] == ["env", "-u", "PIP_CONSTRAINT"] for k in range(len(pi.prefix)))
+        assert unset, f"NGC's PIP_CONSTRAINT still applies: {pi}"
+
+
+def test_dockerfile_keeps_the_image_torch():
+    installs = pip_installs()
+    # Where a RUN writes files (`... > path`), and what the command writing it says.
+    written: dict[str, str] = {}
+    for ins in parse_dockerfile():
+        if ins.keyword == "RUN":
+            for cmd in shell_commands(ins.args):
+                if ">" in cmd[:-1]:
+                    written[cmd[cmd.index(">") + 1]] = " ".join(cmd)
+    for pi in installs:
+        names = {canonicalize_name(Requirement(r).name) for r in pi.requirements if r != "."}
+        assert "torch" not in names, f"the Dockerfile installs torch: {pi}"
+        risky = {"-U", "--upgrade", "--force-reinstall", "-I", "--ignore-installed"} & set(pi.flags)
+        assert not risky, f"{risky} could replace the image's torch: {pi}"
+        # A second constraint, written earlier in the build, pins torch to the installed version.
+        torch_pins = [c for c in pi.constraints if c in written and "torch" in written[c]]
+        assert torch_pins, f"no constraint pinning the image's torch: {pi.constraints}, written: {list(written)}"
+    for path, cmd in written.items():
+        if "torch" in cmd and path in {c for pi in installs for c in pi.constraints}:
+            assert 'version("torch")' in cmd or "torch.__version__" in cmd, cmd
+
+
+def test_dockerfile_never_contradicts_the_pin_file():
+    pins = read_pins()
+    assert "torch" not in pins, f"torch must stay unpinned in {PIN_FILE} (CPU here, the image's CUDA build there)"
+    for pi in pip_installs():
+        for r in pi.requirements:
+            if r == ".":
+                continue
+            req = Requirement(r)
+            name = canonicalize_name(req.name)
+            for spec in req.specifier:
+                if name in pins:
+                    assert spec.operator == "==" and Version(spec.version) == Version(pins[name]), (
+                        f"the Dockerfile asks for {r}, {PIN_FILE} pins {name}=={pins[name]}")
+                else:  # anything the pin file does not cover is pinned in the Dockerfile itself
+                    assert spec.operator == "==", f"unpinned install in the Dockerfile: {r}"
+            if name not in pins:
+                assert req.specifier, f"unpinned install in the Dockerfile: {r}"
+
+
+def test_dockerfile_image_basics():
+    instructions = parse_dockerfile()
+
+    def by_kw(keyword: str) -> list[Instruction]:
+        return [i for i in instructions if i.keyword == keyword]
+
+    base = by_kw("FROM")[0].args
+    assert base.startswith("nvcr.io/nvidia/pytorch:") and not base.endswith(":latest"), base
+    defaults = arg_defaults()
+    assert defaults["FLASH_ATTN"] == "0"
+    assert re.fullmatch(r"\d+(\.\d+)+(\.post\d+)?", defaults["FLASH_ATTN_VERSION"]), defaults["FLASH_ATTN_VERSION"]
+    flash = [pi for pi in pip_installs() if any(r.startswith("flash-attn") for r in pi.requirements)]
+    assert flash and "--no-build-isolation" in flash[0].flags
+    assert any("MAX_JOBS=" in tok for tok in flash[0].prefix)
+    user = by_kw("USER")[-1].args
+    assert user.split(":")[0] not in ("0", "root"), user
+    assert by_kw("WORKDIR")[-1].args == "/workspace"
+    entrypoint = json.loads(by_kw("ENTRYPOINT")[-1].args)
+    assert entrypoint[-1] == "lsa", entrypoint
+    env = " ".join(i.args for i in by_kw("ENV"))
+    for var in ("PYTHONUNBUFFERED=1", "PIP_NO_CACHE_DIR=1", "HF_HOME=/workspace/.cache/"):
+        assert var in env, var
+    hf_home = re.search(r"HF_HOME=(\S+)", env)[1]
+    volumes = json.loads(by_kw("VOLUME")[-1].args)
+    assert any(hf_home == v or hf_home.startswith(v + "/") for v in volumes), (hf_home, volumes)
+    apt = " ".join(i.args for i in by_kw("RUN") if "apt-get install" in i.args)
+    for pkg in ("pdsh", "openssh-client", "openssh-server"):
+        assert pkg in apt.split(), pkg
+
+
+# --- the pin file is what the README install installed -----------------------------------------------
+
+
+def test_pin_file_matches_this_environment():
+    """scripts/install.sh installed this venv with `-c requirements/constraints.txt`; the image installs
+    with the same file. Every pin must equal what is installed here, so the two cannot drift."""
+    drift = {}
+    for name, version in read_pins().items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            drift[name] = (version, "not installed")
+            continue
+        if Version(installed) != Version(version):
+            drift[name] = (version, installed)
+    assert not drift, f"{PIN_FILE} pin vs installed: {drift}"
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib needs Python 3.11")
+def test_every_dependency_is_pinned_except_torch():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        deps += extra
+    pins = read_pins()
+    names = {canonicalize_name(Requirement(d).name) for d in deps}
+    missing = sorted(names - set(pins) - {"torch"})
+    assert not missing, f"dependencies of pyproject.toml without a pin in {PIN_FILE}: {missing}"
+    for d in deps:  # and every pin satisfies pyproject's own range
+        req = Requirement(d)
+        name = canonicalize_name(req.name)
+        if name in pins:
+            assert req.specifier.contains(pins[name], prereleases=True), (d, pins[name])
+
+
+# --- .dockerignore ---------------------------------------------------------------------------------
+
+
+def _dockerignore_regex(pattern: str) -> re.Pattern:
+    """moby/patternmatcher's translation: `**` any number of path segments, `*` and `?` within one."""
+    out, i = "", 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+            out += ".*" if i >= len(pattern) else "(.*/)?"
+            continue
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "[":
+            end = pattern.index("]", i)
+            out += pattern[i:end + 1]
+            i = end
+        elif ch == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(ch)
+        i += 1
+    return re.compile(f"^{out}$")
+
+
+def dockerignore_excludes(rel_path: str, lines: list[str] | None = None) -> bool:
+    """Whether the build context leaves `rel_path` out: the last matching pattern decides, and a pattern
+    also matches a path when it matches one of its parent folders (BuildKit's MatchesOrParentMatches)."""
+    if lines is None:
+        lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pat = posixpath.normpath(line.lstrip("!").strip()).lstrip("/")
+        patterns.append((negate, _dockerignore_regex(pat)))
+    parts = rel_path.split("/")
+    candidates = [rel_path] + ["/".join(parts[:k]) for k in range(1, len(parts))]
+    excluded = False
+    for negate, rx in patterns:
+        if any(rx.match(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_matcher_follows_docker_rules():
+    rules = ["*", "!src", "**/__pycache__", "!keep/me.txt"]
+    assert dockerignore_excludes("a.txt", rules)
+    assert not dockerignore_excludes("src/x/y.py", rules)
+    assert dockerignore_excludes("src/x/__pycache__/y.pyc", rules)
+    assert dockerignore_excludes("keep/other.txt", rules)
+    assert not dockerignore_excludes("keep/me.txt", rules)
+    assert dockerignore_excludes("runs/a/b", ["runs/"])
+    assert not dockerignore_excludes("src/runs", ["runs"])
+
+
+def _copy_sources() -> list[str]:
+    sources = []
+    for ins in parse_dockerfile():
+        if ins.keyword in ("COPY", "ADD"):
+            opts = [a for a in shlex.split(ins.args) if a.startswith("--")]
+            if any(o.startswith("--from") for o in opts):
+                continue  # from another stage or image, not the build context
+            *srcs, _ = [a for a in shlex.split(ins.args) if not a.startswith("--")]
+            sources += srcs
+    return sources
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_the_rest():
+    sources = _copy_sources()
+    assert PIN_FILE in sources and "pyproject.toml" in sources
+    for src in sources:
+        path = ROOT / src
+        assert path.exists(), f"the Dockerfile COPYs {src}, which does not exist"
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for f in files:
+            rel = f.relative_to(ROOT).as_posix()
+            if "__pycache__" in rel or rel.endswith(".pyc"):
+                assert dockerignore_excludes(rel), rel
+                continue
+            assert not dockerignore_excludes(rel), f".dockerignore leaves out {rel}, which the Dockerfile COPYs"
+    for rel in (".venv/bin/python", "runs/x/metrics.jsonl", ".git/HEAD", ".cache/lsa-ds/x.bin", "bench/out/r.json",
+                "data/corpus.jsonl", "lsa_ds.egg-info/PKG-INFO", "dist/lsa_ds-0.1.0-py3-none-any.whl",
+                "tests/test_docker.py", ".pytest_cache/v/cache/nodeids"):
+        assert dockerignore_excludes(rel), f".dockerignore lets {rel} into the build context"
+
+
+# --- launch/docker-run.sh --------------------------------------------------------------------------
+
+
+def _run_script(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LSA_", "NCCL_")) and k != "HF_TOKEN"}
+    base.update(HOME=str(tmp_path / "home"), LSA_DATA=str(tmp_path / "data"), LSA_RUNS=str(tmp_path / "runs"),
+                LSA_CACHE=str(tmp_path / "cache"), LSA_HF_CACHE=str(tmp_path / "hf"),
+                LSA_RECIPES=str(ROOT / "recipes"))
+    base.update(env)
+    return subprocess.run(["bash", str(RUN_SCRIPT), *args], capture_output=True, text=True, env=base,
+                          cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=60)
+
+
+def _mounts(cmd: list[str]) -> dict[str, str]:
+    return {cmd[i + 1].split(":")[1]: cmd[i + 1] for i, tok in enumerate(cmd[:-1]) if tok == "-v"}
+
+
+def test_docker_run_dry_run_prints_the_full_command(tmp_path):
+    lsa_args = ["train", "recipes/tiny-cpu.yaml", "--nproc", "8", "--set", "run.name=with space"]
+    r = _run_script(lsa_args, tmp_path, LSA_DRY_RUN="1", LSA_IMAGE="lsa-ds:test", HF_TOKEN="secret-value",
+                    NCCL_DEBUG="INFO")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.strip()
+    cmd = shlex.split(text)
+    assert cmd[:2] == ["docker", "run"]
+    assert "--gpus all" in text and "--ipc=host" in text and "--shm-size" in cmd
+    assert "memlock=-1" in cmd and "stack=67108864" in cmd and "--network" in cmd
+    assert cmd[cmd.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+    mounts = _mounts(cmd)
+    assert mounts["/workspace/data"] == f"{tmp_path / 'data'}:/workspace/data"
+    assert mounts["/workspace/runs"] == f"{tmp_path / 'runs'}:/workspace/runs"
+    assert mounts["/workspace/.cache"] == f"{tmp_path / 'cache'}:/workspace/.cache"
+    assert mounts["/workspace/.cache/huggingface"] == f"{tmp_path / 'hf'}:/workspace/.cache/huggingface"
+    assert mounts["/workspace/recipes"].endswith(":ro")
+    assert "/workspace/hostfile" not in mounts and not any(m.endswith("/.ssh") for m in mounts)
+    # secrets by name only
+    assert "HF_TOKEN" in cmd and "NCCL_DEBUG" in cmd and "secret-value" not in text
+    # the image, then exactly the lsa arguments
+    assert cmd[-len(lsa_args) - 1:] == ["lsa-ds:test", *lsa_args]
+    # a dry run has no side effects
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_docker_run_multi_node_mounts_hostfile_and_ssh(tmp_path):
+    (tmp_path / "hostfile").write_text("node1 slots=8\nnode2 slots=8\n")
+    r = _run_script(["train", "recipes/x.yaml", "--hostfile", "/workspace/hostfile", "--num_nodes", "2"], tmp_path,
+                    LSA_DRY_RUN="1", LSA_HOSTFILE="hostfile", LSA_SSH_DIR=str(tmp_path / "ssh"))
+    assert r.returncode == 0, r.stderr
+    cmd = shlex.split(r.stdout)
+    mounts = _mounts(cmd)
+    assert mounts["/workspace/hostfile"] == f"{tmp_path / 'hostfile'}:/workspace/hostfile:ro"
+    assert mounts["/home/lsa/.ssh"] == f"{tmp_path / 'ssh'}:/home/lsa/.ssh:ro"
+    assert cmd[cmd.index("--network") + 1] == "host"
+
+    r = _run_script(["sshd"], tmp_path, LSA_DRY_RUN="1", LSA_IMAGE="img")
+    assert r.returncode == 0, r.stderr
+    cmd = shlex.split(r.stdout)
+    assert "-d" in cmd and cmd[-2:] == ["img", "lsa-sshd"]
+    assert cmd[cmd.index("--entrypoint") + 1] == "/usr/local/bin/lsa-entrypoint"
+    assert "/home/lsa/.ssh" in _mounts(cmd)
+
+
+def test_docker_run_without_args_prints_usage_and_exits_2(tmp_path):
+    r = _run_script([], tmp_path)
+    assert r.returncode == 2
+    assert "usage:" in r.stderr and "LSA_DRY_RUN" in r.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_lsa_sshd_passes_the_container_environment_to_logins(tmp_path):
+    """docker/lsa-sshd.sh writes an sshd config whose SetEnv lines carry the environment to ssh logins
+    (sshd itself is replaced by a stub that prints the config it was given)."""
+    if not any((Path(d) / "ssh-keygen").exists() for d in os.environ.get("PATH", "").split(os.pathsep)):
+        pytest.skip("ssh-keygen is not installed")
+    stub = tmp_path / "sshd"
+    stub.write_text('#!/usr/bin/env bash\nwhile [ "$#" -gt 0 ]; do [ "$1" = -f ] && cat "$2"; shift; done\n')
+    stub.chmod(0o755)
+    env = dict(os.environ, TMPDIR=str(tmp_path), LSA_SSHD_BIN=str(stub), LSA_SSH_PORT="2299", NCCL_SOCKET_IFNAME="eth0",
+               HF_HOME="/workspace/.cache/huggingface", WITH_SPACE="a b")
+    r = subprocess.run(["bash", str(ROOT / "docker" / "lsa-sshd.sh")], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "Port 2299" in lines and "PasswordAuthentication no" in lines and "UsePAM no" in lines
+    assert "SetEnv NCCL_SOCKET_IFNAME=eth0" in lines
+    assert "SetEnv HF_HOME=/workspace/.cache/huggingface" in lines
+    assert f"SetEnv PATH={os.environ['PATH']}" in lines or any(c.isspace() for c in os.environ["PATH"])
+    assert not any(line.startswith(("SetEnv WITH_SPACE", "SetEnv HOME=")) for line in lines)
