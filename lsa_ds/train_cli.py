@@ -3,8 +3,9 @@
 Outside a launcher, this process checks the recipe and the run directory, writes config.yaml and
 ds_config.json, prepares the token cache once, and starts the deepspeed launcher, which runs this
 same command on every rank with the resolved config. Launched by deepspeed, torchrun or srun
-(LOCAL_RANK in the environment), it is a rank: rank 0 does the same setup when no `lsa train`
-parent did it, and every rank trains.
+(LOCAL_RANK in the environment), it is a rank: global rank 0 does the same setup when no `lsa train`
+parent did it (the others wait), and every rank trains. On several nodes the run directory and the
+token cache must be on a filesystem every node shares (docs/launch.md).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import yaml
 from lsa_ds.config import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
 from lsa_ds.errors import UserError
 
-READY_ENV = "LSA_RUN_READY"
-"""Set by the `lsa train` parent for its ranks: the run directory is already set up."""
-RESUME_ENV = "LSA_RESUME_TAG"
-"""Set by the `lsa train --resume` parent for its ranks: the checkpoint tag to load."""
+SETUP_TIMEOUT_ENV = "LSA_SETUP_TIMEOUT_S"
+"""How long ranks started without an `lsa train` parent wait for rank 0 to set up the run (default
+6 h): it may tokenize a whole corpus first, far longer than `train.dist_timeout_s` allows."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     launcher.add_argument("--num_gpus", type=int, default=None, help="alias of --nproc")
     launcher.add_argument("--master_addr", default=None)
     launcher.add_argument("--master_port", type=int, default=None)
+    # Set by the `lsa train` parent on its ranks' command line, not in their environment: the
+    # deepspeed launcher reaches other nodes through pdsh/ssh, which does not carry the environment.
+    p.add_argument("--run-ready", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--resume-tag", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -141,8 +145,10 @@ def launch(args, recipe: Recipe) -> int:
         cmd += ["--num_nodes", str(args.num_nodes)]
     if args.master_addr:
         cmd += ["--master_addr", args.master_addr]
-    cmd += ["--module", "lsa_ds.cli", "train", str(recipe.run_dir / "config.yaml")]
-    env = dict(os.environ, **{READY_ENV: "1", RESUME_ENV: tag or "", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", _accelerator())})
+    cmd += ["--module", "lsa_ds.cli", "train", str(recipe.run_dir / "config.yaml"), "--run-ready"]
+    if tag:
+        cmd += ["--resume-tag", tag]
+    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", _accelerator()))
     # One BLAS thread pool per rank sized to its share of the cores, not every rank using them all.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     proc = subprocess.Popen(cmd, env=env)
@@ -173,28 +179,20 @@ def _accelerator() -> str:
 
 def run_rank(args, recipe: Recipe) -> int:
     import logging
-    from datetime import timedelta
 
-    import deepspeed
     import torch.distributed as dist
     from deepspeed.utils import logger as ds_logger
 
+    from lsa_ds.distributed import init_distributed
     from lsa_ds.trainer import TrainingAborted, train
 
     ds_logger.setLevel(logging.WARNING)
     os.environ.setdefault("DS_ACCELERATOR", _accelerator())
-    deepspeed.init_distributed(dist_backend="gloo" if os.environ["DS_ACCELERATOR"] == "cpu" else "nccl",
-                               timeout=timedelta(seconds=recipe.train.dist_timeout_s))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if os.environ.get(READY_ENV) == "1":
-        tag = os.environ.get(RESUME_ENV) or None
-    else:  # launched directly (torchrun, srun, deepspeed): rank 0 sets up, then everyone reads the result
-        if rank == 0:
-            setup_run_dir(recipe, world, args.overwrite, args.resume)
-        dist.barrier()
-        tag = prepare_resume(recipe, world) if args.resume else None
-    ds_config = json.loads((recipe.run_dir / "ds_config.json").read_text())
+    rank, world = init_distributed(recipe.train.dist_timeout_s)
     try:
+        # An `lsa train` parent has set the run up; launched directly (torchrun, srun), rank 0 does it
+        tag = args.resume_tag if args.run_ready else _setup_once(args, recipe, rank, world)
+        ds_config = json.loads((recipe.run_dir / "ds_config.json").read_text())
         train(recipe, recipe.run_dir, ds_config, tag)
     except TrainingAborted as e:
         print(f"error: rank {rank}: {e}", file=sys.stderr)
@@ -209,6 +207,40 @@ def run_rank(args, recipe: Recipe) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def _setup_once(args, recipe: Recipe, rank: int, world: int) -> str | None:
+    """Rank mode without an `lsa train` parent: global rank 0 checks the recipe, prepares the token
+    cache and writes the run directory while the others wait; then every rank checks that it sees
+    the result (on several nodes only a shared filesystem makes it visible). Returns the resume tag."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    # A gloo group of its own: CPU tensors work whatever the training backend (NCCL would need each
+    # rank's device set first), and its long timeout covers rank 0 tokenizing a large corpus.
+    wait_s = os.environ.get(SETUP_TIMEOUT_ENV, str(6 * 3600))
+    if not wait_s.isdigit() or int(wait_s) < 1:
+        raise UserError(f"{SETUP_TIMEOUT_ENV}={wait_s!r}: expected a number of seconds")
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=int(wait_s)))
+    failed, error = torch.zeros(1), None
+    if rank == 0:
+        try:
+            setup_run_dir(recipe, world, args.overwrite, args.resume)
+        except BaseException as e:  # tell the others now, rather than leave them waiting for a timeout
+            failed[0], error = 1, e
+    dist.all_reduce(failed, group=group)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise UserError(f"rank {rank}: rank 0 could not set up {recipe.run_dir} (its error says why)")
+    blind = torch.tensor([0.0 if (recipe.run_dir / "ds_config.json").is_file() else 1.0])
+    dist.all_reduce(blind, group=group)
+    if blind.item():
+        raise UserError(f"{recipe.run_dir} is not visible to {int(blind.item())} of {world} ranks: several nodes "
+                        f"need run.output_dir and data.cache_dir on a filesystem they all share")
+    return prepare_resume(recipe, world) if args.resume else None
 
 
 def main(argv: list[str]) -> int:
