@@ -225,7 +225,8 @@ def test_flash_attention_needs_flash_attn():
 _ZERO3_SCRIPT = textwrap.dedent("""
     import json, sys, tempfile
     import torch, deepspeed
-    deepspeed.init_distributed(dist_backend="gloo")
+    from lsa_ds.distributed import init_distributed
+    init_distributed()
     from lsa_ds.config import load_recipe
     from lsa_ds.ds_config import resolve_ds_config
     from lsa_ds.model import build_hf_config, build_model, count_params, local_param_numel

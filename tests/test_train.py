@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lsa_ds import cli
+from lsa_ds.distributed import SHM_DIR
 from tests.conftest import SMALL_DATA
 from tests.launch import lsa, metrics, sets
 
@@ -26,12 +27,24 @@ def runs(tmp_path_factory, prepared, data_cache_dir):
               "optim.warmup_steps=2", "align.enabled=false", "eval.windows=4", "eval.every_steps=6"]
     recipe = out / "base.yaml"
     recipe.write_text("{}\n")
+    shm_before = _shm_buffers()
     lsa("train", str(recipe), *sets(*common, "run.name=two", "train.micro_batch_size=1"), "--nproc", "2")
     lsa("train", str(recipe), *sets(*common, "run.name=one", "train.micro_batch_size=2"), "--nproc", "1")
     lsa("train", str(recipe), *sets(*common, "run.name=ext", "train.micro_batch_size=1", "train.seq_len=256",
                                     f"model.init_from={out / 'two'}", "model.rope.type=linear", "train.max_steps=3",
                                     "eval.lengths=[64,256]"), "--nproc", "2")
+    (out / "shm-left.txt").write_text("\n".join(sorted(_shm_buffers() - shm_before)))
     return out
+
+
+def _shm_buffers() -> set[str]:
+    return {p.name for p in SHM_DIR.glob("deepspeed_allreduce_buffer_*")}
+
+
+def test_ranks_leave_no_shared_memory_behind(runs):
+    """DeepSpeed's CPU all-reduce buffers (66 MiB per rank in /dev/shm, i.e. RAM) are unlinked by
+    lsa_ds.distributed; DeepSpeed itself leaves them, and a day of launches filled 15 GiB."""
+    assert (runs / "shm-left.txt").read_text() == ""
 
 
 def test_two_rank_zero3_run_trains_and_fills_the_run_directory(runs):
