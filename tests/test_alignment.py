@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lsa_ds.config import load_recipe
@@ -14,6 +13,7 @@ from lsa_ds.data.views import IGNORE, draw_shifts, make_views, pair_mask
 from lsa_ds.engine import LMWithLoss
 from tests.conftest import SMALL_DATA
 from tests.launch import lsa, metrics, sets
+from tests.probes import LargestOutput
 
 L, B, V = 64, 2, 512
 
@@ -60,21 +60,6 @@ def _views():
     rng = np.random.default_rng(0)
     w = rng.integers(0, V, size=(B, L + L // 2 + 1))
     return {k: torch.as_tensor(v) for k, v in make_views(w, L, draw_shifts([0, 1], 0, 1, L // 2)).items()}
-
-
-class LargestOutput(TorchDispatchMode):
-    """Records the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 def test_one_forward_of_2B_rows_and_no_full_logits_in_a_micro_step():

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lsa_ds import losses
 from lsa_ds.data.views import make_views, pair_mask
 from lsa_ds.losses import IGNORE, alignment_losses, chunked_ce
+from tests.probes import LargestOutput
 
 B, L, H, V = 2, 13, 16, 97
 SHIFTS = np.array([3, 7])
@@ -238,21 +238,6 @@ def test_shape_errors_name_the_expected_shapes():
         kw = {**dict(hidden=hidden, labels=labels, mask=mask, shifts=SHIFTS, divergence="sce"), **change}
         with pytest.raises(ValueError, match=re.escape(expected)):
             alignment_losses(kw["hidden"], kw["labels"], proj, kw["mask"], kw["shifts"], divergence=kw["divergence"])
-
-
-class LargestOutput(TorchDispatchMode):
-    """Records the largest output numel of any op dispatched (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 @pytest.mark.parametrize("divergence", ["sce", "js"])
