@@ -55,6 +55,12 @@ def test_shellcheck_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_scripts_are_executable():
+    """The docs run them as `launch/NAME ...`; git keeps the mode, so a lost bit would ship."""
+    scripts = sorted({*LAUNCH.glob("*.sh"), *(LAUNCH / name for name in OURS)})
+    assert scripts and all(os.access(s, os.X_OK) for s in scripts), [s.name for s in scripts if not os.access(s, os.X_OK)]
+
+
 # ------------------------------------------------------------------------------------ dry runs
 def test_torchrun_dry_run_prints_this_nodes_command_with_the_arguments():
     env = _env(NNODES="2", NODE_RANK="1", MASTER_ADDR="node0", MASTER_PORT="29511", NPROC_PER_NODE="4",
