@@ -22,7 +22,8 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lsa_ds.config import Recipe, load_recipe, read_yaml
+from lsa_ds.config import Recipe, load_recipe
+from lsa_ds.recipe_files import read_yaml
 from lsa_ds.errors import UserError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
