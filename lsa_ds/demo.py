@@ -8,7 +8,6 @@ Stages already complete (their `hf/` export exists) are skipped, so running it a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from lsa_ds.config import load_recipe
 from lsa_ds.errors import UserError
+from lsa_ds.metrics_log import read_rows
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 STAGES = [("base", "tiny-cpu.yaml"), ("extended", "tiny-cpu-extend.yaml")]
@@ -24,8 +24,7 @@ STAGES = [("base", "tiny-cpu.yaml"), ("extended", "tiny-cpu-extend.yaml")]
 
 def last_eval(run_dir: Path) -> dict:
     """The final evaluation row of a run's metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = [r for r in rows if r.get("kind") == "eval"]
+    evals = [r for r in read_rows(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
     if not evals:
         raise UserError(f"{run_dir}/metrics.jsonl has no evaluation row")
     return evals[-1]

@@ -7,6 +7,18 @@ import json
 from pathlib import Path
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A line cut short (a run killed mid-write) is skipped: the rest
+    is still worth reading."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, steps: int, start_step: int, enabled: bool):
         self.enabled = enabled

@@ -16,18 +16,10 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lsa_ds.metrics_log import read_rows
+
 TRAIN_SCALARS = ("misalign_sce", "misalign_skl", "ce_gap")
 """Keys of the trainer's eval rows reported besides loss@N / ppl@N (lsa_ds/trainer.py `evaluate`)."""
-
-
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a row cut short by a kill: the rest is still worth reading
-            continue
-    return rows
 
 
 def gather(point) -> dict:
@@ -40,7 +32,7 @@ def gather(point) -> dict:
     row["status"] = "finished" if (run / "hf" / "config.json").is_file() else "unfinished"
     metrics = run / "metrics.jsonl"
     if metrics.is_file():
-        rows = _read_rows(metrics)
+        rows = read_rows(metrics)
         steps = [r for r in rows if r.get("kind") != "eval"]
         evals = [r for r in rows if r.get("kind") == "eval"]
         if steps:
