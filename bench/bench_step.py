@@ -20,11 +20,12 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lsa_ds.distributed import free_port, init_distributed
 
 VARIANTS = ("alpha0", "alpha01", "naive")
 
@@ -41,8 +42,6 @@ def rank_main(args) -> None:
     from lsa_ds.ds_config import resolve_ds_config
     from lsa_ds.engine import Engine
     from lsa_ds.model import build_hf_config, build_model
-
-    from lsa_ds.distributed import init_distributed
 
     rank, world = init_distributed()
     L, V = args.seq_len, args.vocab
@@ -99,18 +98,11 @@ def rank_main(args) -> None:
             "cpu_s": median(cpu_all.tolist()), "all_cpu_s": cpu_all.tolist(), "peak_rss_mb": rss.item()}))
 
 
-def _free_port() -> int:
-    """A port nothing listens on now (fixed ports collided with launches still closing down)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(variant: str, args, out: Path) -> dict:
     result = out / f"step-{variant}.json"
     result.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--no_local_rank",
-           "--master_port", str(_free_port()), __file__, "--rank", "--variant", variant,
+           "--master_port", str(free_port()), __file__, "--rank", "--variant", variant,
            "--seq-len", str(args.seq_len), "--vocab", str(args.vocab), "--steps", str(args.steps), "--result", str(result)]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

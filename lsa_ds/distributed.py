@@ -12,6 +12,7 @@ killed.
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
     import deepspeed
     import torch.distributed as dist
 
-    accelerator = os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _cuda() else "cuda")
+    accelerator = os.environ.setdefault("DS_ACCELERATOR", default_accelerator())
     kwargs = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
     deepspeed.init_distributed(dist_backend="gloo" if accelerator == "cpu" else "nccl", **kwargs)
     rank = dist.get_rank()
@@ -39,7 +40,16 @@ def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
     return rank, dist.get_world_size()
 
 
-def _cuda() -> bool:
+def default_accelerator() -> str:
+    """DeepSpeed's accelerator name for this machine, when DS_ACCELERATOR does not say."""
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on now, for a launch's rendezvous (concurrent launches and
+    ones still closing down would collide on a fixed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

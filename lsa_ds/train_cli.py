@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from lsa_ds.config import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
+from lsa_ds.distributed import default_accelerator, free_port
 from lsa_ds.errors import UserError
 
 SETUP_TIMEOUT_ENV = "LSA_SETUP_TIMEOUT_S"
@@ -54,12 +54,6 @@ def default_nproc() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_recipe(recipe: Recipe, world: int, progress: bool = True) -> dict:
@@ -138,7 +132,7 @@ def launch(args, recipe: Recipe) -> int:
     nodes = args.num_nodes or 1
     _, tag = setup_run_dir(recipe, nproc * nodes, args.overwrite, args.resume)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--no_local_rank",
-           "--master_port", str(args.master_port or _free_port())]
+           "--master_port", str(args.master_port or free_port())]
     if args.hostfile:
         cmd += ["--hostfile", args.hostfile]
     if args.num_nodes:
@@ -148,7 +142,7 @@ def launch(args, recipe: Recipe) -> int:
     cmd += ["--module", "lsa_ds.cli", "train", str(recipe.run_dir / "config.yaml"), "--run-ready"]
     if tag:
         cmd += ["--resume-tag", tag]
-    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", _accelerator()))
+    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", default_accelerator()))
     # One BLAS thread pool per rank sized to its share of the cores, not every rank using them all.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     proc = subprocess.Popen(cmd, env=env)
@@ -171,12 +165,6 @@ def _signal_ranks(signum: int) -> None:
             pass
 
 
-def _accelerator() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def run_rank(args, recipe: Recipe) -> int:
     import logging
 
@@ -187,7 +175,6 @@ def run_rank(args, recipe: Recipe) -> int:
     from lsa_ds.trainer import TrainingAborted, train
 
     ds_logger.setLevel(logging.WARNING)
-    os.environ.setdefault("DS_ACCELERATOR", _accelerator())
     rank, world = init_distributed(recipe.train.dist_timeout_s)
     try:
         # An `lsa train` parent has set the run up; launched directly (torchrun, srun), rank 0 does it

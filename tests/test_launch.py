@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lsa_ds.distributed import free_port
 from tests.conftest import SMALL_DATA
 from tests.launch import ENV, metrics, sets
 
@@ -37,12 +37,6 @@ def _env(**extra: str) -> dict[str, str]:
 def script(name: str, *args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(LAUNCH / name), *args], capture_output=True, text=True, timeout=120,
                           env=env or _env(), cwd=cwd)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------- static checks
@@ -214,7 +208,7 @@ def test_two_torchrun_nodes_over_loopback_train_to_the_end(tmp_path, prepared, d
     out = tmp_path / "runs"
 
     def launch(label: str) -> tuple[list[int], list[Path]]:
-        port = str(_free_port())
+        port = str(free_port())
         envs = [_env(NNODES="2", NODE_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NPROC_PER_NODE="1")
                 for r in (0, 1)]
         logs = [tmp_path / f"{label}-node{r}.log" for r in (0, 1)]
@@ -264,7 +258,7 @@ exit "$rc"
     scratch = tmp_path / "tmp"  # where the script writes its environment file
     scratch.mkdir()
     env = _env(PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_PDSH_LOG=str(pdsh_log), MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), LSA_TEST_MARK="exported", TMPDIR=str(scratch))
+               MASTER_PORT=str(free_port()), LSA_TEST_MARK="exported", TMPDIR=str(scratch))
     cmd = ["bash", str(LAUNCH / "deepspeed-hostfile.sh"), str(recipe), *_tiny(data_cache_dir, tmp_path / "runs", "hf"),
            "--hostfile", str(hosts)]
     [code] = _nodes([cmd], [env], [log], timeout=500)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from lsa_ds.config import load_recipe
+from lsa_ds.distributed import free_port
 from lsa_ds.errors import UserError
 from lsa_ds.model import (
     PRESETS, _assert_rope_effective, build_hf_config, build_model, count_params, expected_inv_freq,
@@ -277,16 +277,10 @@ _ZERO3_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.deepspeed
 def test_zero3_build_partitions_and_keeps_hf_init(tmp_path):
     pytest.importorskip("deepspeed")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _ZERO3_SCRIPT], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from lsa_ds.distributed import free_port
 from lsa_ds.eval.forward import hf_logits_fn
 from lsa_ds.eval.misalignment import measure_misalignment
 from lsa_ds.eval.perplexity import perplexity_at
@@ -45,12 +45,6 @@ def _rank(rank: int, world: int, port: int, model, windows: np.ndarray, out: str
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_match_one_process(tiny, tmp_path):
     model, tok = tiny
     windows = np.random.default_rng(5).integers(4, tok.vocab_size, size=(7, 17))  # 7: ranks get 4 and 3 (+1 dummy)
@@ -59,7 +53,7 @@ def test_two_ranks_match_one_process(tiny, tmp_path):
     out = str(tmp_path / "result")
     # fork: the children inherit the imported modules and the loaded model (spawn re-imports
     # torch and transformers in each child, ~15 s on a small machine)
-    mp.start_processes(_rank, args=(2, _free_port(), model, windows, out), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_rank, args=(2, free_port(), model, windows, out), nprocs=2, join=True, start_method="fork")
     for rank in range(2):
         got = json.loads(open(f"{out}.{rank}").read())
         assert got["windows"] == [7, 7] and got["samples"] == SAMPLES

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from lsa_ds.distributed import free_port
+
 pytestmark = pytest.mark.deepspeed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_metrics_on_a_zero3_engine_equal_the_plain_model(tmp_path):
@@ -26,7 +21,7 @@ def test_metrics_on_a_zero3_engine_equal_the_plain_model(tmp_path):
     script = Path(__file__).with_name("zero3_eval_rank.py")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-                           str(_free_port()), str(script), str(out)], env=env, capture_output=True, text=True,
+                           str(free_port()), str(script), str(out)], env=env, capture_output=True, text=True,
                           timeout=600, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0 and out.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
