@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from lsa_ds.distributed import free_port, init_distributed
+from lsa_ds.distributed import exit_rank, free_port, init_distributed
 
 VARIANTS = ("alpha0", "alpha01", "naive")
 
@@ -120,7 +120,8 @@ def main() -> None:
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rank:
-        return rank_main(args)
+        rank_main(args)
+        exit_rank(0)
     args.out.mkdir(parents=True, exist_ok=True)
     res = {v: launch(v, args, args.out) for v in VARIANTS}
     base, ours, naive = res["alpha0"], res["alpha01"], res["naive"]

@@ -11,10 +11,13 @@ killed.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 SHM_DIR = Path("/dev/shm")
 
@@ -38,6 +41,26 @@ def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
         dist.barrier()  # every rank has opened every peer's buffer
         shm_buffer_path(rank).unlink(missing_ok=True)
     return rank, dist.get_world_size()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End a rank process that has finished its work: destroy the process group, flush what is
+    buffered, and leave with `os._exit`, skipping interpreter teardown.
+
+    Why: torch's distributed threads (gloo workers, the TCPStore's) can race the interpreter's own
+    teardown; about one launch in a hundred on this machine, a rank that had exported its model and
+    printed "done" died with "terminate called without an active exception" (SIGABRT), and the
+    launcher reported the whole run as failed (exit 250). Every file this project writes is closed
+    before this point (checkpoints, metrics, TensorBoard, the HF export), so teardown has nothing left to do.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def default_accelerator() -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from lsa_ds.config import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
-from lsa_ds.distributed import default_accelerator, free_port
+from lsa_ds.distributed import default_accelerator, exit_rank, free_port
 from lsa_ds.errors import UserError
 
 SETUP_TIMEOUT_ENV = "LSA_SETUP_TIMEOUT_S"
@@ -166,6 +166,8 @@ def _signal_ranks(signum: int) -> None:
 
 
 def run_rank(args, recipe: Recipe) -> int:
+    """Train as one rank; returns the exit code (a user error is reported here, not by cli.py,
+    because the rank leaves through `exit_rank`)."""
     import logging
 
     import torch.distributed as dist
@@ -181,6 +183,9 @@ def run_rank(args, recipe: Recipe) -> int:
         tag = args.resume_tag if args.run_ready else _setup_once(args, recipe, rank, world)
         ds_config = json.loads((recipe.run_dir / "ds_config.json").read_text())
         train(recipe, recipe.run_dir, ds_config, tag)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except TrainingAborted as e:
         print(f"error: rank {rank}: {e}", file=sys.stderr)
         return 1
@@ -190,9 +195,6 @@ def run_rank(args, recipe: Recipe) -> int:
                   f"another rank probably failed, see its output", file=sys.stderr)
             return 1
         raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 
@@ -243,5 +245,5 @@ def main(argv: list[str]) -> int:
         print(json.dumps(ds_config, indent=2))
         return 0
     if "LOCAL_RANK" in os.environ:
-        return run_rank(args, recipe)
+        exit_rank(run_rank(args, recipe))
     return launch(args, recipe)

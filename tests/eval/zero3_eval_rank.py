@@ -12,7 +12,7 @@ import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
-from lsa_ds.distributed import init_distributed
+from lsa_ds.distributed import exit_rank, init_distributed
 from lsa_ds.eval import hf_logits_fn, measure_misalignment, perplexity_at
 
 init_distributed()
@@ -42,3 +42,4 @@ result = {"local_numel": sum(p.numel() for p in engine.module.parameters()),
 if dist.get_rank() == 0:
     with open(sys.argv[-1], "w") as f:
         json.dump(result, f)
+exit_rank(0)
