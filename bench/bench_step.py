@@ -1,6 +1,7 @@
 """Training-step benchmark: alpha 0.1 vs alpha 0 vs a naive HF-style step, 2 ranks ZeRO-3 on CPU.
 
     python bench/bench_step.py [--seq-len 1024] [--vocab 32000] [--steps 6] [--out bench/out]
+    python bench/bench_step.py --arenas glibc,2    # the same, once per malloc setting, interleaved
 
 Every variant trains the same model (LLaMA, hidden 256, 4 layers) on the same [A; S] views:
 - `alpha0`:  our step, CE over both views (divergence not applied)
@@ -12,6 +13,10 @@ after another and reports step time and peak RSS ratios. Step time is reported t
 (the truth on an idle machine) and the CPU seconds both ranks spent in the step (process time,
 which other load on a shared machine barely moves, as the variants run one after another). Not a
 test: it only measures.
+
+`--arenas glibc,2` runs every variant under glibc's default malloc (one arena per thread) and with
+`MALLOC_ARENA_MAX=2` (what `lsa train` sets for CPU ranks), alternating the settings, and adds the
+ratios between them.
 """
 
 from __future__ import annotations
@@ -98,13 +103,16 @@ def rank_main(args) -> None:
             "cpu_s": median(cpu_all.tolist()), "all_cpu_s": cpu_all.tolist(), "peak_rss_mb": rss.item()}))
 
 
-def launch(variant: str, args, out: Path) -> dict:
-    result = out / f"step-{variant}.json"
+def launch(variant: str, args, out: Path, arenas: str = "glibc") -> dict:
+    result = out / f"step-{variant}-{arenas}.json"
     result.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--no_local_rank",
            "--master_port", str(free_port()), __file__, "--rank", "--variant", variant,
            "--seq-len", str(args.seq_len), "--vocab", str(args.vocab), "--steps", str(args.steps), "--result", str(result)]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env.pop("MALLOC_ARENA_MAX", None)
+    if arenas != "glibc":
+        env["MALLOC_ARENA_MAX"] = arenas
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(result.read_text())
 
@@ -115,6 +123,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--out", type=Path, default=Path("bench/out"))
+    p.add_argument("--arenas", default="glibc", help="comma-separated malloc settings: glibc (default) or a MALLOC_ARENA_MAX value")
     p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -123,7 +132,26 @@ def main() -> None:
         rank_main(args)
         exit_rank(0)
     args.out.mkdir(parents=True, exist_ok=True)
-    res = {v: launch(v, args, args.out) for v in VARIANTS}
+    settings = args.arenas.split(",")
+    runs = {a: {} for a in settings}
+    for v in VARIANTS:  # settings alternate, so slow drift in machine load hits both alike
+        for a in settings:
+            runs[a][v] = launch(v, args, args.out, a)
+    print(f"L={args.seq_len} V={args.vocab} hidden 256, 4 layers, 2 ranks ZeRO-3 (gloo, 1 thread each)")
+    ratios = {}
+    for a, res in runs.items():
+        print(f"malloc arenas: {a}")
+        ratios[a] = report(res)
+    if len(settings) == 2:
+        (a, ra), (b, rb) = runs.items()
+        print(f"{b} / {a}:")
+        for v in VARIANTS:
+            print(f"  {v:8s} step time {rb[v]['step_s'] / ra[v]['step_s']:.3f}   CPU {rb[v]['cpu_s'] / ra[v]['cpu_s']:.3f}"
+                  f"   peak RSS {rb[v]['peak_rss_mb'] / ra[v]['peak_rss_mb']:.3f}")
+    (args.out / "step.json").write_text(json.dumps({"results": runs, "ratios": ratios}, indent=2))
+
+
+def report(res: dict) -> dict:
     base, ours, naive = res["alpha0"], res["alpha01"], res["naive"]
     rows = [("alpha 0.1 / alpha 0, step time", ours["step_s"] / base["step_s"], "<= 1.05"),
             ("alpha 0.1 / alpha 0, step CPU time", ours["cpu_s"] / base["cpu_s"], "<= 1.05"),
@@ -131,13 +159,11 @@ def main() -> None:
             ("ours (alpha 0.1) / naive, step time", ours["step_s"] / naive["step_s"], "<= 0.65"),
             ("ours (alpha 0.1) / naive, step CPU time", ours["cpu_s"] / naive["cpu_s"], "<= 0.65"),
             ("ours (alpha 0.1) / naive, peak RSS", ours["peak_rss_mb"] / naive["peak_rss_mb"], "< 1")]
-    print(f"L={args.seq_len} V={args.vocab} hidden 256, 4 layers, 2 ranks ZeRO-3 (gloo, 1 thread each)")
     for v, r in res.items():
         print(f"  {v:8s} median step {r['step_s']:.3f} s  CPU {r['cpu_s']:.3f} s   peak RSS {r['peak_rss_mb']:.0f} MiB   steps {[round(t, 2) for t in r['all_step_s']]}")
     for name, value, want in rows:
         print(f"  {name:38s} {value:.3f}   (target {want})")
-    (args.out / "step.json").write_text(json.dumps({"results": res, "ratios": {n: v for n, v, _ in rows}}, indent=2))
-
+    return {n: v for n, v, _ in rows}
 
 if __name__ == "__main__":
     main()
