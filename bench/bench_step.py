@@ -15,8 +15,8 @@ which other load on a shared machine barely moves, as the variants run one after
 test: it only measures.
 
 `--arenas glibc,2` runs every variant under glibc's default malloc (one arena per thread) and with
-`MALLOC_ARENA_MAX=2` (what `lsa train` sets for CPU ranks), alternating the settings, and adds the
-ratios between them.
+`MALLOC_ARENA_MAX=2`, alternating the settings, and adds the ratios between them (bench/README.md:
+no difference beyond run-to-run noise, so `lsa train` leaves malloc alone).
 """
 
 from __future__ import annotations
@@ -164,6 +164,7 @@ def report(res: dict) -> dict:
     for name, value, want in rows:
         print(f"  {name:38s} {value:.3f}   (target {want})")
     return {n: v for n, v, _ in rows}
+
 
 if __name__ == "__main__":
     main()
