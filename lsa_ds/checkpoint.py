@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from lsa_ds.config import Recipe, recipe_to_dict
 from lsa_ds.errors import UserError
+from lsa_ds.recipe_files import first_difference
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -60,11 +61,9 @@ def resume_conflict(saved: dict, new: Recipe) -> str | None:
     """The first resume-critical key that differs, described in one line; None when compatible."""
     fresh = recipe_to_dict(new)
     for key in RESUME_CRITICAL:
-        a, b = _lookup(saved, key), _lookup(fresh, key)
-        if a != b:
-            if isinstance(a, dict) and isinstance(b, dict):
-                sub = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
-                key, a, b = f"{key}.{sub}", a.get(sub), b.get(sub)
+        diff = first_difference(_lookup(saved, key), _lookup(fresh, key), key)
+        if diff:
+            key, a, b = diff
             return f"{key} changed ({json.dumps(a, default=str)} -> {json.dumps(b, default=str)})"
     return None
 

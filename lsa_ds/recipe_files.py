@@ -5,6 +5,7 @@ inheritance by deep merge, and `--set a.b=c` overrides. `lsa_ds.config` validate
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,6 +57,18 @@ def deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def first_difference(a: Any, b: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key where two recipe trees differ, with both values (None when equal):
+    what a resume check or a sweep's finished-run check names in its one-line refusal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in dict.fromkeys([*a, *b]):
+            diff = first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+            if diff:
+                return diff
+        return None
+    return None if a == b else (key, a, b)
 
 
 def load_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:

@@ -26,12 +26,12 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from lsa_ds.config import recipe_to_dict
 from lsa_ds.errors import UserError
+from lsa_ds.recipe_files import first_difference
 from lsa_ds.sweep_spec import Point, Sweep, load_sweep
 
 SLURM_SCRIPT = "slurm-array.sh"
@@ -99,24 +99,16 @@ def _run_state(p: Point) -> str:
     return "resume" if (p.run_dir / "config.yaml").is_file() else "new"
 
 
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(dict.fromkeys([*a, *b])):
-            diff = _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
-            if diff:
-                return diff
-        return None
-    return None if a == b else f"{prefix.rstrip('.')}: {json.dumps(a, default=str)} in the run, {json.dumps(b, default=str)} here"
-
-
 def check_finished(points: list[Point]) -> None:
     """A finished run is reused only if it was trained with exactly this point's recipe."""
     for p in points:
         if _run_state(p) == "finished":
             saved = yaml.safe_load((p.run_dir / "config.yaml").read_text())
-            diff = _first_difference(saved, recipe_to_dict(p.recipe))
+            diff = first_difference(saved, recipe_to_dict(p.recipe))
             if diff:
-                raise UserError(f"{p.run_dir} finished with a different recipe ({diff}); move it away or rename the sweep")
+                key, ran, here = diff
+                raise UserError(f"{p.run_dir} finished with a different recipe ({key}: {json.dumps(ran, default=str)} "
+                                f"in the run, {json.dumps(here, default=str)} here); move it away or rename the sweep")
 
 
 def _lsa(args: list[str]) -> int:
