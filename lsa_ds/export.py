@@ -21,10 +21,21 @@ from lsa_ds.errors import UserError
 
 
 def write_hf_folder(model, state_dict: dict[str, torch.Tensor], tok: Tokenizer, out: Path, max_shard_size: str = "2GB") -> None:
-    """Write weights (sharded past max_shard_size), config and tokenizer into `out`, atomically."""
+    """Write weights (sharded past max_shard_size), config, generation defaults and tokenizer into
+    `out`, atomically. The config is the one for inference: training runs without a KV cache
+    (packed documents restart position ids), `generate` on the export wants one."""
+    from transformers import GenerationConfig
+
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, max_shard_size=max_shard_size)
+    use_cache, generation = model.config.use_cache, model.generation_config
+    model.config.use_cache = True
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                                               pad_token_id=tok.pad_id if tok.pad_id is not None else tok.eos_id)
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, max_shard_size=max_shard_size)
+    finally:  # the engine's model trains on (or is evaluated) without a cache
+        model.config.use_cache, model.generation_config = use_cache, generation
     hf_tok = to_hf_tokenizer(tok)
     hf_tok.model_max_length = model.config.max_position_embeddings
     hf_tok.save_pretrained(tmp)

@@ -1,10 +1,19 @@
 """Rank 0's metrics sinks: metrics.jsonl (one JSON object per row), TensorBoard scalars, a
-progress bar with ETA. Other ranks get a MetricsLog that does nothing."""
+progress bar with ETA. Other ranks get a MetricsLog that does nothing.
+
+The bar shows the parts of the loss separately (CE, misalignment when the regularizer is on) and
+tokens/s. When stderr is not a terminal (a log file, CI) the bar would be carriage-return noise, so
+the same figures go out as plain lines, at most one per PLAIN_EVERY_S seconds (and the last step).
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
+
+PLAIN_EVERY_S = 10.0
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -29,7 +38,9 @@ class MetricsLog:
 
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: a kill loses no row
         self.tb = SummaryWriter(str(run_dir / "tb"))
-        self.bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+        self.steps, self.tty, self.last_plain = steps, sys.stderr.isatty(), 0.0
+        self.bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0,
+                        disable=not self.tty)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -42,7 +53,15 @@ class MetricsLog:
         if row.get("kind") == "eval":
             self.note(f"eval step {row['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("loss@", "misalign"))))
         elif "loss" in row:
-            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            figures = {"loss": f"{row['loss']:.4f}", "ce": f"{row['ce']:.4f}"}
+            if row.get("misalign") is not None:
+                figures["misalign"] = f"{row['misalign']:.4f}"
+            figures.update({"tok/s": f"{row['tokens_per_s']:.0f}", "lr": f"{row['lr']:.2e}"})
+            if self.tty:
+                self.bar.set_postfix(figures, refresh=False)
+            elif time.monotonic() - self.last_plain >= PLAIN_EVERY_S or row["step"] == self.steps:
+                self.last_plain = time.monotonic()
+                self.note(f"step {row['step']}/{self.steps} " + " ".join(f"{k} {v}" for k, v in figures.items()))
 
     def note(self, text: str) -> None:
         if self.enabled:

@@ -121,6 +121,7 @@ def _record_run(run_dir: Path, lm, hf_config, cache, world: int, steps: int) -> 
 
 def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None = None) -> str:
     """Run on every rank (dist already initialised). Returns 'done' or 'stopped'."""
+    from lsa_ds.curves import draw_curves
     from lsa_ds.export import export_from_engine
     from lsa_ds.model import build_hf_config, build_model
 
@@ -197,12 +198,18 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None
                 save(step)
             if stop.agreed():
                 save(step)
-                log.note(f"stopped by signal at step {step}; checkpoint saved, resume with --resume")
-                return "stopped"
-        save(steps)
-        export_from_engine(engine, lm, hf_config, cache.tokenizer, run_dir / "hf")
+                status = "stopped"
+                break
+        else:
+            save(steps)
+            export_from_engine(engine, lm, hf_config, cache.tokenizer, run_dir / "hf")
+            status = "done"
     finally:
         log.close()
     if rank == 0:
-        print(f"done: {steps} steps; model exported to {run_dir / 'hf'}")
-    return "done"
+        draw_curves(run_dir)
+        if status == "stopped":
+            print(f"stopped by signal at step {step}; checkpoint saved, resume with --resume")
+        else:
+            print(f"done: {steps} steps; model exported to {run_dir / 'hf'}; curves in {run_dir / 'curves.png'}")
+    return status

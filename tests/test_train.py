@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from lsa_ds import cli
@@ -49,8 +50,13 @@ def test_ranks_leave_no_shared_memory_behind(runs):
 
 def test_two_rank_zero3_run_trains_and_fills_the_run_directory(runs):
     run = runs / "two"
-    for name in ("config.yaml", "ds_config.json", "metrics.jsonl", "run.json", "tb", "hf/config.json", "hf/model.safetensors", "hf/tokenizer.model"):
+    for name in ("config.yaml", "ds_config.json", "metrics.jsonl", "run.json", "tb", "hf/config.json", "hf/model.safetensors",
+                 "hf/tokenizer.model", "hf/generation_config.json", "curves.png"):
         assert (run / name).exists(), name
+    from PIL import Image
+
+    with Image.open(run / "curves.png") as png:  # a real picture, not an empty file
+        assert png.format == "PNG" and png.size[0] > 800
     train, evals = metrics(run)
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
     for key in ("loss", "ce", "lr", "grad_norm", "tokens_per_s", "step_time", "consumed_samples", "peak_mem_mb"):
@@ -100,6 +106,48 @@ def test_export_loads_in_plain_transformers_and_init_from_continues(runs):
     # continued from the trained base: starts near where the base ended, far below a fresh model
     assert train[0]["loss"] < base_train[0]["loss"] - 0.3
     assert set(evals[-1]) >= {"loss@64", "loss@256"}
+
+
+def test_export_frames_text_as_training_did_and_generates_with_a_cache(runs):
+    """Plain transformers on hf/: the tokenizer adds BOS like the training documents, NLL of a held-out
+    document equals the run's own evaluation of its cached tokens, and greedy generation with the
+    KV cache equals generation without it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from lsa_ds.config import load_recipe
+    from lsa_ds.data import open_cache
+    from lsa_ds.data.sources import iter_records
+    from lsa_ds.eval.forward import hf_logits_fn
+    from lsa_ds.eval.perplexity import window_nll
+    from lsa_ds.eval.targets import load_model, resolve
+
+    run = runs / "two"
+    recipe = load_recipe(run / "config.yaml")
+    cache = open_cache(recipe.data)
+    bos, eos = cache.tokenizer.bos_id, cache.tokenizer.eos_id
+    tok = AutoTokenizer.from_pretrained(run / "hf")
+    model = AutoModelForCausalLM.from_pretrained(run / "hf").eval()
+    assert tok("x").input_ids[0] == bos and tok.eos_token_id == eos
+    assert model.config.use_cache is True
+    gen = GenerationConfig.from_pretrained(run / "hf")
+    assert (gen.bos_token_id, gen.eos_token_id) == (bos, eos) and gen.pad_token_id is not None
+
+    texts = [r.text for split, r in iter_records(recipe.data.sources[0]) if split == "eval" and r.text]
+    store = cache.store("stdlib", "eval")
+    text, cached = texts[0], store.tokens(0)[:200]
+    ids = tok(text).input_ids[:200]
+    assert ids == [int(t) for t in cached]
+    with torch.no_grad():
+        plain = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    ours = window_nll(hf_logits_fn(load_model(resolve(str(run)), torch.device("cpu"), torch.float32)),
+                      np.asarray(cached)[None], len(cached) - 1, len(cached) - 1)[0]
+    assert plain == pytest.approx(ours, abs=1e-5)
+
+    prompt = tok(text[:80], return_tensors="pt")
+    with_cache = model.generate(**prompt, max_new_tokens=24, do_sample=False, use_cache=True)
+    without = model.generate(**prompt, max_new_tokens=24, do_sample=False, use_cache=False)
+    assert with_cache.tolist() == without.tolist() and with_cache.shape[1] > prompt.input_ids.shape[1]
 
 
 @pytest.mark.parametrize("case, expect", [

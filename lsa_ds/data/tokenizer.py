@@ -172,10 +172,12 @@ def load_tokenizer(data: DataConfig, source_fingerprints: list[dict] | None = No
 def to_hf_tokenizer(tok: Tokenizer):
     """The tokenizer as a `transformers` fast tokenizer, so `AutoTokenizer.from_pretrained` loads an
     exported folder. A SentencePiece BPE model is rebuilt in `tokenizers` with the same pieces,
-    merges and byte fallback, and the same lossless framing (spaces become ▁, nothing else changes)."""
+    merges and byte fallback, and the same lossless framing (spaces become ▁, nothing else changes).
+    `tokenizer(text)` frames text as training did: BOS first (when `add_bos`), no EOS — as LLaMA
+    tokenizers do, so a prompt does not end the document; the EOS id is set for `generate`."""
     if tok.kind == "hf":
         return tok.impl
-    from tokenizers import AddedToken, Tokenizer as RustTokenizer, decoders, normalizers
+    from tokenizers import AddedToken, Tokenizer as RustTokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
@@ -189,5 +191,11 @@ def to_hf_tokenizer(tok: Tokenizer):
     special = [tok.impl.id_to_piece(i) for i in range(tok.vocab_size) if tok.impl.is_control(i) or tok.impl.is_unknown(i)]
     rust.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     rust.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    bos = tok.impl.id_to_piece(tok.bos_id)
+    # The template lives in tokenizer.json too, so tools reading it without transformers frame text alike.
+    rust.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A" if tok.add_bos else "$A", pair=f"{bos} $A {bos} $B" if tok.add_bos else "$A $B",
+        special_tokens=[(bos, tok.bos_id)] if tok.add_bos else [])
     names = {"bos_token": tok.bos_id, "eos_token": tok.eos_id, "unk_token": tok.impl.unk_id(), "pad_token": tok.pad_id}
-    return PreTrainedTokenizerFast(tokenizer_object=rust, **{k: tok.impl.id_to_piece(v) for k, v in names.items() if v is not None and v >= 0})
+    return PreTrainedTokenizerFast(tokenizer_object=rust, add_bos_token=tok.add_bos, add_eos_token=False,
+                                   **{k: tok.impl.id_to_piece(v) for k, v in names.items() if v is not None and v >= 0})

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+from lsa_ds.curves import FINAL_LOSS_NOTE
 from lsa_ds.eval import plots
 from lsa_ds.eval.stats import pearson, spearman
 
@@ -148,7 +149,7 @@ def render_markdown(report: dict) -> str:
     lines += _table(["model", "kind", "L", "final train loss", "held-out data"],
                     [[m["name"], m["kind"], str(m["train_len"]), _fmt(m.get("train_loss"), ".4f"),
                       m.get("heldout", "–")] for m in models])
-    lines.append("")
+    lines += ["", f"Final train loss: {FINAL_LOSS_NOTE} (one step is one noisy batch).", ""]
     lines += _perplexity_md(models) + _misalignment_md(models) + _passkey_md(models)
     lines += _benchmark_md(models, "longbench", "LongBench") + _benchmark_md(models, "babilong", "BABILong")
     lines += _correlation_md(report.get("correlation"))

@@ -90,18 +90,12 @@ def load_tokenizer(folder: Path) -> Tokenizer:
 
 
 def _final_train_loss(run_dir: Path) -> float | None:
+    """The run's smoothed final training loss (`lsa_ds.curves.final_train_loss`)."""
+    from lsa_ds.curves import final_train_loss
+    from lsa_ds.metrics_log import read_rows
+
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    loss = None
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("kind") != "eval" and isinstance(row.get("loss"), (int, float)):
-            loss = float(row["loss"])
-    return loss
+    return final_train_loss(read_rows(path)) if path.is_file() else None
 
 
 def _check_hf_folder(folder: Path, shown: str) -> None:
