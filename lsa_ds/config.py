@@ -287,29 +287,46 @@ class Recipe(_Section):
 
 
 # ---------------------------------------------------------------------------------- loading
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, overrides: list[str] = ()) -> str:
+    """One line for the first error, attributed to the `--set` that gave the key when one did."""
+    from lsa_ds.recipe_checks import did_you_mean
+
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+    keys = [a.partition("=")[0] for a in overrides]
+    culprit = next((k for k in reversed(keys) if loc == k or loc.startswith(k + ".")), None)
+    if culprit is not None:
+        source = f"--set {culprit}"
+    elif keys and loc == "(recipe)":  # a check across keys: the file and the overrides together
+        source = f"{source} with --set {', '.join(keys)}"
     kind = first["type"]
     if kind == "extra_forbidden":
-        return f"{source}: unknown key '{loc}'"
+        return f"{source}: unknown key '{loc}'{did_you_mean(loc)}"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     msg = first["msg"].removeprefix("Value error, ")
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    if loc == "(recipe)":
+        return f"{source}: {msg}{more}"
     return f"{source}: {loc}: {msg}{shown}{more}"
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """Load a recipe file (or the defaults when `path` is None), apply `--set` overrides, validate."""
+    from lsa_ds.recipe_checks import schema_problem
+
     source = str(path) if path else "(defaults)"
     tree = load_tree(Path(path)) if path else {}
     for assignment in overrides:
+        key = assignment.partition("=")[0]
+        problem = schema_problem(key) if key else None
+        if problem:  # refused as what the user typed, before it can be blamed on the file
+            raise UserError(f"--set {key}: {problem}")
         apply_override(tree, assignment)
     try:
         return Recipe.model_validate(tree)
     except ValidationError as e:
-        raise UserError(_format_validation_error(e, source)) from None
+        raise UserError(_format_validation_error(e, source, list(overrides))) from None
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
@@ -323,11 +340,25 @@ def default_rope_factor(seq_len: int, original_max: int) -> float:
 
 
 def add_recipe_args(parser) -> None:
-    """The RECIPE positional and repeated `--set KEY=VALUE` every recipe-driven command takes."""
+    """The RECIPE positional, repeated `--set KEY=VALUE` and `--strict` every recipe-driven command takes."""
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse keys that are set but have no effect (by default: one warning line)")
 
 
-def recipe_from_args(args) -> Recipe:
-    return load_recipe(args.recipe, args.overrides)
+def recipe_from_args(args, warn: bool = True) -> Recipe:
+    """The recipe a command line names. Keys set without effect get one warning line (`warn`),
+    or an error with `--strict`."""
+    import sys
+
+    from lsa_ds.recipe_checks import inert_keys, inert_message
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    inert = inert_keys(recipe) if (warn or args.strict) else []
+    if inert and args.strict:
+        raise UserError(f"{args.recipe}: {inert_message(inert)} (--strict)")
+    if inert:
+        print(f"warning: {args.recipe}: {inert_message(inert)}", file=sys.stderr)
+    return recipe

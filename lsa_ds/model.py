@@ -87,10 +87,16 @@ def checkpoint_dir(recipe: Recipe) -> Path | None:
     return None
 
 
-def build_hf_config(recipe: Recipe, vocab_size: int, bos_id: int, eos_id: int, pad_id: int | None) -> PretrainedConfig:
-    """The HF config the model will be built from: architecture + tokenizer ids + RoPE + attention."""
+def build_hf_config(recipe: Recipe, vocab_size: int | None, bos_id: int | None, eos_id: int | None,
+                    pad_id: int | None) -> PretrainedConfig:
+    """The HF config the model will be built from: architecture + tokenizer ids + RoPE + attention.
+    vocab_size None: the tokenizer is not known yet (checks before the data exist; a preset is
+    built with data.tokenizer.vocab_size and a checkpoint's vocabulary is not compared)."""
     source = checkpoint_dir(recipe)
-    cfg = _preset_config(recipe, vocab_size) if source is None else _checkpoint_config(recipe, source, vocab_size)
+    if source is None:
+        cfg = _preset_config(recipe, vocab_size or recipe.data.tokenizer.vocab_size)
+    else:
+        cfg = _checkpoint_config(recipe, source, vocab_size)
     cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = bos_id, eos_id, pad_id
     cfg.use_cache = False  # restarted position ids keep packed documents apart only without a KV cache
     _apply_rope(cfg, recipe)
@@ -120,7 +126,7 @@ def _preset_config(recipe: Recipe, vocab_size: int) -> PretrainedConfig:
         raise UserError(f"model.overrides: {' '.join(str(e).split())}") from None
 
 
-def _checkpoint_config(recipe: Recipe, source: Path, vocab_size: int) -> PretrainedConfig:
+def _checkpoint_config(recipe: Recipe, source: Path, vocab_size: int | None) -> PretrainedConfig:
     try:
         cfg = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
@@ -128,7 +134,7 @@ def _checkpoint_config(recipe: Recipe, source: Path, vocab_size: int) -> Pretrai
     have = cfg.vocab_size
     # A checkpoint's embedding may be padded beyond its own tokenizer (Qwen2 does this), so a
     # smaller HF tokenizer is fine; a freshly trained SentencePiece of another size never matches.
-    if vocab_size > have or (vocab_size < have and recipe.data.tokenizer.type != "hf"):
+    if vocab_size is not None and (vocab_size > have or (vocab_size < have and recipe.data.tokenizer.type != "hf")):
         raise UserError(
             f"{source}: checkpoint vocab_size={have} does not match the tokenizer's {vocab_size} tokens; "
             f"use the checkpoint's tokenizer (data.tokenizer.type=hf, data.tokenizer.path={source})"

@@ -17,12 +17,13 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lsa_ds.config import Recipe, load_recipe
+from lsa_ds.recipe_checks import schema_problem
 from lsa_ds.recipe_files import read_yaml
 from lsa_ds.errors import UserError
 
@@ -103,32 +104,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{k}"
         out.update(flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
     return out
-
-
-def _section_model(annotation) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-
-
-def schema_problem(key: str) -> str | None:
-    """Why `key` is not a recipe key (None when it is). Keys inside free-form mappings
-    (model.overrides.*) are accepted; their values are checked when the model is built."""
-    model: type[BaseModel] = Recipe
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        fields = model.model_fields
-        if part not in fields:
-            where = "'" + ".".join(parts[:i]) + "'" if i else "the recipe"
-            return f"unknown recipe key '{key}' ({where} has: {', '.join(fields)})"
-        if i == len(parts) - 1:
-            return None
-        annotation = fields[part].annotation
-        sub = _section_model(annotation)
-        if sub is None:
-            return None if get_origin(annotation) is dict else f"'{'.'.join(parts[:i + 1])}' is a value, not a section"
-        model = sub
-    return None
 
 
 def _check_key(path: Path, where: str, key: Any) -> None:

@@ -33,7 +33,9 @@ SETUP_TIMEOUT_ENV = "LSA_SETUP_TIMEOUT_S"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lsa train", description=__doc__.split("\n\n")[0])
     add_recipe_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and DeepSpeed config, then exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything that needs no data (the same checks a real start makes before tokenizing), "
+                        "print the resolved recipe and DeepSpeed config, then exit; writes nothing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest complete checkpoint")
     p.add_argument("--nproc", type=int, default=None, help="ranks per node (default: GPUs, or 2 on CPU)")
@@ -56,16 +58,34 @@ def default_nproc() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 2
 
 
-def check_recipe(recipe: Recipe, world: int, progress: bool = True) -> dict:
-    """Everything that can be refused before a rank starts: DeepSpeed config, data, model config.
-    Prepares the token cache if missing (the model config needs the tokenizer's vocabulary)."""
-    from lsa_ds.data import open_cache, prepare
+def check_static(recipe: Recipe, world: int) -> dict:
+    """Everything that can be refused without the data: the DeepSpeed config, the step budget, the
+    sources' and tokenizer's paths, the model config (architecture, checkpoint folder, RoPE,
+    attention). `--dry-run` and the real start run this same pass, before any tokenizing.
+    Returns the resolved DeepSpeed config."""
+    from lsa_ds.data.sources import source_fingerprint
     from lsa_ds.ds_config import resolve_ds_config
     from lsa_ds.model import build_hf_config
 
     ds_config = resolve_ds_config(recipe, world)
     if recipe.train.max_steps is None and recipe.train.token_budget is None:
         raise UserError("train.max_steps or train.token_budget must be set")
+    for src in recipe.data.sources:
+        source_fingerprint(src)  # lists the files: a path matching nothing is refused here
+    tok = recipe.data.tokenizer
+    if tok.path and not Path(tok.path).expanduser().exists():
+        raise UserError(f"data.tokenizer.path: '{tok.path}' not found")
+    build_hf_config(recipe, None, None, None, None)  # vocabulary unknown yet: checked again below
+    return ds_config
+
+
+def check_recipe(recipe: Recipe, world: int, progress: bool = True) -> dict:
+    """Everything that can be refused before a rank starts: `check_static` first, then the data
+    (the token cache is prepared if missing) and the model config with the tokenizer's vocabulary."""
+    from lsa_ds.data import open_cache, prepare
+    from lsa_ds.model import build_hf_config
+
+    ds_config = check_static(recipe, world)
     prepare(recipe.data, progress=progress)
     tok = open_cache(recipe.data).tokenizer
     build_hf_config(recipe, tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id)
@@ -234,12 +254,12 @@ def _setup_once(args, recipe: Recipe, rank: int, world: int) -> str | None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    recipe = recipe_from_args(args)
+    # ranks started by an `lsa train` parent read the resolved config.yaml, where every key is set:
+    # the parent already warned about the user's keys
+    recipe = recipe_from_args(args, warn=not args.run_ready and os.environ.get("RANK", "0") == "0")
     if args.dry_run:
-        from lsa_ds.ds_config import resolve_ds_config
-
         world = (args.nproc or args.num_gpus or default_nproc()) * (args.num_nodes or 1)
-        ds_config = resolve_ds_config(recipe, world)
+        ds_config = check_static(recipe, world)
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
         print(f"# DeepSpeed config for {world} ranks")
         print(json.dumps(ds_config, indent=2))

@@ -37,13 +37,46 @@ def test_base_inheritance_deep_merges_and_overrides_coerce(tmp_path):
     ("- just a list\n", [], "must be a mapping"),
     ("{}\n", ["train.seq_len"], "expected KEY=VALUE"),
     ("{}\n", ["align.shift_max=200"], "align.shift_max=200 must be at most train.seq_len - 1"),
-    ("{}\n", ["train.seq_len=3", "train.seq_len.x=1"], "'seq_len' is not a section"),
+    ("{}\n", ["train.seq_len=3", "train.seq_len.x=1"], "--set train.seq_len.x: 'train.seq_len' is a value, not a section"),
+    # errors point at what the user typed, with the closest key
+    ("train: {max_steps: 3}\n", ["align.alhpa=1"], "--set align.alhpa: unknown recipe key 'align.alhpa' (did you mean `align.alpha`?)"),
+    ("{}\n", ["trian.max_steps=1"], "--set trian.max_steps: unknown recipe key 'trian.max_steps' (did you mean `train.max_steps`?)"),
+    ("align: {alhpa: 1}\n", [], "r.yaml: unknown key 'align.alhpa' (did you mean `align.alpha`?)"),
+    ("data: {sources: [{name: s, type: stdlib, holdot: 0.1}]}\n", [], "unknown key 'data.sources.0.holdot' (did you mean `data.sources.holdout`?)"),
+    ("{}\n", ["train.max_steps=many"], "--set train.max_steps: train.max_steps"),
+    ("{}\n", ["data.sources=[{name: s, type: stdlib, nmae: 1}]"], "--set data.sources: unknown key 'data.sources.0.nmae'"),
 ])
 def test_bad_recipes_name_the_file_and_key(tmp_path, text, overrides, expect):
     path = write(tmp_path / "r.yaml", text)
     with pytest.raises(UserError) as e:
         load_recipe(path, overrides)
     assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, inert", [
+    (["align.enabled=false", "align.alpha=0.3"], ["align.alpha (align.enabled is false)"]),
+    (["align.enabled=false", "align.divergence=skl", "align.shift_max=16"], ["align.divergence"]),
+    (["align.alpha=0", "align.detach=long"], ["align.detach (align.alpha is 0"]),
+    (["align.min_ratio=0.7"], ["align.min_ratio (align.positions is overlap"]),
+    (["train.max_steps=5", "train.token_budget=1000"], ["train.token_budget"]),
+    (["align.enabled=false"], []),
+    (["align.alpha=0.3", "align.positions=ratio", "align.min_ratio=0.7", "align.shift_max=16"], []),
+])
+def test_keys_set_without_effect_warn_and_strict_refuses(tmp_path, capsys, overrides, inert):
+    from lsa_ds import cli
+
+    path = write(tmp_path / "r.yaml", f"run: {{output_dir: '{tmp_path / 'runs'}'}}\ntrain: {{max_steps: 2}}\n")
+    args = [a for o in overrides for a in ("--set", o)]
+    assert cli.main(["train", str(path), *args, "--dry-run", "--nproc", "1"]) == 0
+    err = capsys.readouterr().err.strip()
+    if not inert:
+        assert "warning" not in err
+        return
+    assert err.count("\n") == 0 and err.startswith("warning:") and all(i in err for i in inert), err
+    assert cli.main(["train", str(path), *args, "--dry-run", "--nproc", "1", "--strict"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "(--strict)" in err and "\n" not in err and all(i in err for i in inert)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_base_cycle_is_refused(tmp_path):

@@ -94,7 +94,7 @@ def test_names_are_filesystem_safe_and_keys_sharing_a_tail_stay_apart():
 
 # ------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("body, expected", [
-    ("grid: {align.alphaa: [0, 1]}", "grid key 'align.alphaa': unknown recipe key"),
+    ("grid: {align.alphaa: [0, 1]}", "grid key 'align.alphaa': unknown recipe key 'align.alphaa' (did you mean `align.alpha`?)"),
     ("grid: {align.alpha: [0]}\nset: {trian.max_steps: 3}", "set key 'trian.max_steps': unknown recipe key"),
     ("grid: {align.alpha.x: [0]}", "'align.alpha' is a value, not a section"),
     ("grid: {align.alpha: 0.1}", "grid key 'align.alpha': expected a non-empty list"),

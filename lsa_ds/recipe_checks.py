@@ -1,0 +1,136 @@
+"""What a recipe's keys mean beyond their types: which dotted keys exist (with a "did you mean"
+for a typo), and which keys the user set that do nothing under the resolved recipe.
+
+Used by the loader (`lsa_ds.config.load_recipe`: unknown keys in files and `--set`), by sweep
+files (grid and `set:` keys) and by every recipe-driven command (`--strict`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import cache
+from typing import get_args, get_origin
+
+from pydantic import BaseModel
+
+from lsa_ds.config import Recipe
+
+
+def section_model(annotation) -> type[BaseModel] | None:
+    """The pydantic section a field holds (directly, in a list, or optional), or None for a value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        sub = section_model(arg)
+        if sub is not None:
+            return sub
+    return None
+
+
+@cache
+def recipe_keys() -> tuple[str, ...]:
+    """Every dotted recipe key (list-of-section fields such as data.sources count as sections)."""
+    out: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            sub = section_model(field.annotation)
+            if sub is None:
+                out.append(prefix + name)
+            else:
+                walk(sub, f"{prefix}{name}.")
+
+    walk(Recipe, "")
+    return tuple(out)
+
+
+def did_you_mean(key: str) -> str:
+    """' (did you mean `align.alpha`?)' for the closest recipe key, or '' when none is close.
+    List indices in a location (data.sources.0.nmae) are ignored."""
+    plain = ".".join(p for p in key.split(".") if not p.isdigit())
+    close = difflib.get_close_matches(plain, recipe_keys(), n=1, cutoff=0.75)
+    if not close:  # a typo in the last part only: compare it with the keys of its own section
+        head, _, last = plain.rpartition(".")
+        siblings = {k.rpartition(".")[2]: k for k in recipe_keys() if k.rpartition(".")[0] == head}
+        best = difflib.get_close_matches(last, siblings, n=1, cutoff=0.6)
+        close = [siblings[best[0]]] if best else []
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def schema_problem(key: str) -> str | None:
+    """Why `key` is not a recipe key (None when it is). Keys inside free-form mappings
+    (model.overrides.*) are accepted; their values are checked when the model is built."""
+    model: type[BaseModel] = Recipe
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = "'" + ".".join(parts[:i]) + "'" if i else "the recipe"
+            return f"unknown recipe key '{key}'{did_you_mean(key)} ({where} has: {', '.join(fields)})"
+        if i == len(parts) - 1:
+            return None
+        annotation = fields[part].annotation
+        sub = section_model(annotation)
+        if sub is None or get_origin(annotation) is list:
+            if get_origin(annotation) is dict:
+                return None
+            what = "a list (set it whole)" if get_origin(annotation) is list else "a value"
+            return f"'{'.'.join(parts[:i + 1])}' is {what}, not a section"
+        model = sub
+    return None
+
+
+# ------------------------------------------------------------------------------ inert keys
+def _set_keys(model: BaseModel, prefix: str = "") -> set[str]:
+    """Dotted keys explicitly given (pydantic's model_fields_set), sections walked recursively."""
+    out = set()
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out |= _set_keys(value, f"{prefix}{name}.")
+        elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            for i, item in enumerate(value):
+                out |= _set_keys(item, f"{prefix}{name}.{i}.")
+        else:
+            out.add(prefix + name)
+    return out
+
+
+def inert_keys(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, why) for each key the user set that has no effect under this recipe."""
+    given = _set_keys(recipe)
+    a, m, o, t = recipe.align, recipe.model, recipe.optim, recipe.train
+    rules: list[tuple[str, bool, str]] = []
+    # shift_max and chunk_tokens act with alignment off too: windows keep L + shift_max + 1
+    # tokens in both arms, and the CE is chunked alike.
+    for key in ("alpha", "shift_min", "positions", "min_ratio", "divergence", "detach", "ce_views", "every"):
+        rules.append((f"align.{key}", not a.enabled, "align.enabled is false"))
+    if a.enabled:
+        rules.append(("align.min_ratio", a.positions != "ratio", f"align.positions is {a.positions}, not ratio"))
+        for key in ("divergence", "detach", "every"):
+            rules.append((f"align.{key}", a.alpha == 0, "align.alpha is 0 (no divergence term)"))
+    rules.append(("model.preset", bool(m.preset and (m.path or m.init_from)),
+                  "model.path or model.init_from gives the architecture; set model.preset: null"))
+    rules.append(("train.token_budget", t.max_steps is not None, "train.max_steps is set and wins"))
+    rules.append(("optim.min_lr_ratio", o.schedule == "constant", "optim.schedule is constant"))
+    tok = recipe.data.tokenizer
+    for key in ("vocab_size", "model_type", "train_chars"):
+        rules.append((f"data.tokenizer.{key}", bool(tok.type == "hf" or tok.path), "an existing tokenizer is loaded"))
+    for i, src in enumerate(recipe.data.sources):
+        own = f"data.sources.{i}"
+        rules += [(f"{own}.text_field", src.type in ("txt", "stdlib"), f"source type {src.type} has no fields"),
+                  (f"{own}.format", src.type != "hf", "only type hf reads `format`"),
+                  (f"{own}.split", src.type != "hf", "only type hf reads `split`"),
+                  (f"{own}.exclude", src.type not in ("txt", "stdlib"), "only types txt and stdlib read `exclude`"),
+                  (f"{own}.path", src.type == "stdlib", "the stdlib source has no path")]
+    seen, out = set(), []
+    for key, inert, why in rules:
+        if inert and key in given and key not in seen:
+            seen.add(key)
+            out.append((key, why))
+    return out
+
+
+def inert_message(inert: list[tuple[str, str]]) -> str:
+    """One line naming every inert key and why."""
+    return "set but without effect: " + "; ".join(f"{k} ({why})" for k, why in inert)
