@@ -27,8 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
+    from lsa_ds.cli_help import WRITES
+
     width = max(map(len, COMMANDS))
-    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    rows = "\n".join(f"  {name:<{width}}  {help_}\n  {'':<{width}}    writes: {WRITES[name]}"
+                      for name, (_, help_) in COMMANDS.items())
     return f"usage: lsa COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n`lsa COMMAND --help` for a command's options."
 
 
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lsa: unknown command '{argv[0]}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
+    from lsa_ds.quiet import quiet_known_noise
+
+    quiet_known_noise()
     try:
         return int(module.main(argv[1:]) or 0)
     except UserError as e:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.config import Recipe
 
 
@@ -40,6 +40,6 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="lsa config-doc", description=__doc__).parse_args(argv)
+    command_parser("config-doc", __doc__).parse_args(argv)
     print(render(), end="")
     return 0

@@ -67,6 +67,7 @@ def draw_curves(run_dir: Path) -> Path | None:
         twin = ax_loss.twinx()
         twin.plot([s for s, _ in mis], _rolling(np.array([m for _, m in mis], dtype=float), k), color="C2", lw=1.4)
         twin.set_ylabel("misalignment (divergence per pair)", color="C2")
+        twin.ticklabel_format(axis="y", useOffset=False)
         ax_loss.plot([], [], color="C2", label="misalignment (right axis)")
     ax_loss.set(xlabel="step", ylabel="training loss (nats)", title="training")
     ax_loss.legend(fontsize=8)

@@ -7,13 +7,13 @@ Stages already complete (their `hf/` export exists) are skipped, so running it a
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.config import load_recipe
 from lsa_ds.errors import UserError
 from lsa_ds.metrics_log import read_rows
@@ -94,7 +94,7 @@ def compare(stages: list[tuple[str, Path, int]], out: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lsa demo", description=__doc__.split("\n\n")[0])
+    p = command_parser("demo", __doc__.split("\n\n")[0])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in both stages, e.g. --set train.max_steps=2 (repeatable)")
     p.add_argument("--nproc", type=int, default=None, help="ranks (default 2 on CPU)")

@@ -8,7 +8,6 @@ Either way the folder is written under a temporary name and renamed when complet
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.data.tokenizer import Tokenizer, to_hf_tokenizer
 from lsa_ds.errors import UserError
 
@@ -25,6 +25,9 @@ def write_hf_folder(model, state_dict: dict[str, torch.Tensor], tok: Tokenizer, 
     `out`, atomically. The config is the one for inference: training runs without a KV cache
     (packed documents restart position ids), `generate` on the export wants one."""
     from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar for one file is noise in the run's log
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -88,7 +91,7 @@ def export_checkpoint(run_dir: Path, step: int | None, out: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lsa export", description=__doc__.split("\n\n")[0])
+    p = command_parser("export", __doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced if it exists)")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.config import recipe_to_dict
 from lsa_ds.errors import UserError
 from lsa_ds.recipe_files import first_difference
@@ -146,7 +147,7 @@ def run_all(sweep: Sweep, nproc: int | None, folder: Path) -> int:
 
 # ------------------------------------------------------------------------------------ main
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lsa sweep", description=__doc__.split("\n\n")[0])
+    p = command_parser("sweep", __doc__.split("\n\n")[0])
     p.add_argument("ablation", help="ablation YAML file (docs/sweep.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key in every point (not in `requires`), e.g. --set train.max_steps=20")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.config import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
 from lsa_ds.distributed import default_accelerator, exit_rank, free_port
 from lsa_ds.errors import UserError
@@ -31,7 +32,7 @@ SETUP_TIMEOUT_ENV = "LSA_SETUP_TIMEOUT_S"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lsa train", description=__doc__.split("\n\n")[0])
+    p = command_parser("train", __doc__.split("\n\n")[0])
     add_recipe_args(p)
     p.add_argument("--dry-run", action="store_true",
                    help="check everything that needs no data (the same checks a real start makes before tokenizing), "
@@ -151,7 +152,8 @@ def launch(args, recipe: Recipe) -> int:
     nproc = args.nproc or args.num_gpus or default_nproc()
     nodes = args.num_nodes or 1
     _, tag = setup_run_dir(recipe, nproc * nodes, args.overwrite, args.resume)
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--no_local_rank",
+    # --log_level warning: the runner and its launcher log every spawned command at INFO otherwise
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--log_level", "warning", "--num_gpus", str(nproc), "--no_local_rank",
            "--master_port", str(args.master_port or free_port())]
     if args.hostfile:
         cmd += ["--hostfile", args.hostfile]
@@ -165,9 +167,13 @@ def launch(args, recipe: Recipe) -> int:
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", default_accelerator()))
     # One BLAS thread pool per rank sized to its share of the cores, not every rank using them all.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.Popen(cmd, env=env)
+    # Its own session: Ctrl-C in the terminal reaches this process only, not the deepspeed runner
+    # (a KeyboardInterrupt traceback) nor its launcher (which kills the ranks mid-save); the ranks
+    # get the signal from _signal_ranks below instead, save, and exit 0.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: _signal_ranks(signum))
+    signal.signal(signal.SIGHUP, lambda signum, frame: _signal_ranks(signal.SIGTERM))  # terminal closed
     return proc.wait()
 
 

@@ -51,6 +51,18 @@ def start(recipe: Path, args: list[str], extra_env: dict | None = None) -> subpr
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `lsa train` and everything under it (the runner has a session of its own), as when a
+    node dies."""
+    import psutil
+
+    for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -66,7 +78,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(env):
     out, recipe, cache = env
     proc = start(recipe, common(out, cache, "killed"))
     wait_for_step(out / "killed", 5, proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # every rank and the launcher, mid-training
+    kill_tree(proc)  # every rank and the launcher, mid-training
     proc.wait()
     lsa("train", str(recipe), *common(out, cache, "killed"), "--resume", "--nproc", "2")
     assert per_step(out / "killed") == per_step(out / "ref")  # same losses, same sample ids, every step once
@@ -84,6 +96,19 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(env):
     assert 3 <= saved < STEPS
     lsa("train", str(recipe), *common(out, cache, "term"), *sets("checkpoint.every_steps=100"), "--resume", "--nproc", "2")
     assert per_step(out / "term") == per_step(out / "ref")
+
+
+def test_ctrl_c_stops_with_one_line_and_no_traceback(env):
+    """Ctrl-C in a terminal signals the foreground process group: `lsa train`'s own group."""
+    out, recipe, cache = env
+    proc = start(recipe, common(out, cache, "ctrlc") + sets("checkpoint.every_steps=100"))
+    wait_for_step(out / "ctrlc", 2, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    assert "stopped by signal at step" in output and "resume with --resume" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert (out / "ctrlc" / "checkpoints" / "latest").is_file() and (out / "ctrlc" / "curves.png").is_file()
 
 
 def test_kill_during_save_leaves_previous_checkpoint(env):

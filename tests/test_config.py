@@ -98,3 +98,22 @@ def test_every_field_is_documented_and_the_reference_is_current():
     text = render()
     assert "|  |" not in text.replace("| *required* |", "")  # no field without a docstring
     assert (ROOT / "docs" / "recipe-reference.md").read_text() == text, "run: lsa config-doc > docs/recipe-reference.md"
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "export", "prepare", "data", "eval", "sweep", "synth", "config-doc"])
+def test_help_prints_each_default_once_and_says_what_is_written(command, capsys):
+    import re
+
+    from lsa_ds import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    options = re.split(r"\n  (?=-)", text.split("\nwrites: ")[0])  # one chunk per option
+    for chunk in options:
+        flat = " ".join(chunk.split()).lower()
+        assert flat.count("default") <= 1 or flat.count("(default:") == 0, chunk
+        assert "(default: none)" not in flat and "(default: [])" not in flat and "(default: false)" not in flat, chunk
+    assert "writes: " in text
+    assert cli.main(["--help"]) == 0 and f"writes: " in capsys.readouterr().out

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 
 from rich.console import Console
 from rich.table import Table
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.config import add_recipe_args, recipe_from_args
 from lsa_ds.data.shards import SourceReport, prepare
 
@@ -27,7 +27,7 @@ def summary_table(reports: list[SourceReport], manifest_sources: dict) -> Table:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lsa prepare", description=__doc__)
+    parser = command_parser("prepare", __doc__)
     add_recipe_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.config import add_recipe_args, recipe_from_args
 from lsa_ds.data import build_windows, open_cache
 from lsa_ds.data.tokenizer import Tokenizer
@@ -27,7 +27,7 @@ def render_window(tok: Tokenizer, window: np.ndarray) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lsa data", description=__doc__)
+    parser = command_parser("data", __doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     show = sub.add_parser("show", help="decode windows of the global order")
     add_recipe_args(show)

@@ -60,7 +60,8 @@ class Tokenizer:
         """Token ids of each text, no special tokens."""
         if self.kind == "sentencepiece":
             return self.impl.encode(texts, num_threads=self.threads)
-        return self.impl(texts, add_special_tokens=False)["input_ids"]
+        # verbose=False: whole documents are longer than model_max_length by design (cut into windows later)
+        return self.impl(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
     def encode_documents(self, texts: list[str]) -> list[list[int]]:
         """Each text framed as a document: [BOS] tokens [EOS], BOS never doubled."""

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
 
 TASKS = ("ppl", "misalign", "passkey", "longbench", "babilong")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lsa eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = command_parser("eval", __doc__)
     p.add_argument("targets", nargs="*", metavar="MODEL_OR_RUN", help="run directories or HF model folders")
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL_OR_RUN",
                    help="several runs/models in one table and plot (same as listing them positionally)")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
 from lsa_ds.synthetic import report
 from lsa_ds.synthetic.model import POSITIONAL_ENCODINGS
@@ -39,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lsa synth", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser = command_parser("synth", __doc__.split("\n\n")[0].split(": ", 1)[1], cls=_Parser)
     parser.add_argument(
         "--task",
         action="append",

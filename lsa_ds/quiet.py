@@ -1,0 +1,32 @@
+"""The known-harmless noise of our dependencies, silenced narrowly (each by its exact message and
+the module that raises it, never a whole category), so that the lines left in a log are ours or
+worth reading. The README's development notes list each one and why it is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+KNOWN_HARMLESS_WARNINGS = [
+    # DeepSpeed 0.19's ZeRO-3 calls the collectives torch 2.13 renamed; same operation, new name.
+    (FutureWarning, r"`torch\.distributed\.all_gather_into_tensor` is deprecated", r"torch\.distributed\.c10d_logger"),
+    (FutureWarning, r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", r"torch\.distributed\.c10d_logger"),
+]
+"""(category, message regex, module regex) of each warning filtered."""
+
+
+def quiet_known_noise() -> None:
+    """Install the filters in this process (each rank and each command calls it once).
+
+    Two more sources are handled where they arise rather than filtered: DeepSpeed's "Setting
+    accelerator to CPU" notice never fires because DS_ACCELERATOR is set explicitly here (to what
+    it would detect), and transformers' "Token indices sequence length is longer than the specified
+    maximum" is turned off per call where whole documents are tokenized (`Tokenizer.encode_raw`:
+    windows are cut afterwards, nothing overlong reaches the model)."""
+    for category, message, module in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    if "DS_ACCELERATOR" not in os.environ:
+        from lsa_ds.distributed import default_accelerator
+
+        os.environ["DS_ACCELERATOR"] = default_accelerator()
