@@ -188,8 +188,10 @@ class OptimConfig(_Section):
     """AdamW betas."""
     eps: float = Field(1e-8, gt=0)
     """AdamW epsilon."""
-    impl: Literal["torch", "deepspeed"] = "torch"
-    """torch.optim.AdamW, or DeepSpeed's fused CPU/GPU Adam (JIT-built on first use)."""
+    impl: Literal["fused", "foreach", "torch", "deepspeed"] = "fused"
+    """fused: torch.optim.AdamW's fused kernel (CPU and CUDA; foreach where a device lacks it);
+    foreach: its multi-tensor kernel; torch: its default (a per-tensor loop on CPU); deepspeed:
+    DeepSpeed's CPU/GPU Adam (JIT-built on first use; what optimizer offload needs)."""
 
 
 # ----------------------------------------------------------------------------------- model

@@ -160,7 +160,7 @@ def _check_zero(ds: dict, recipe: Recipe, path: Path) -> None:
     # after the model is built; say so up front unless the template opted out of the check.
     offload = zero.get("offload_optimizer") or {}
     offloaded = isinstance(offload, dict) and offload.get("device", "none") in ("cpu", "nvme")
-    if offloaded and recipe.optim.impl == "torch" and "zero_force_ds_cpu_optimizer" not in ds:
+    if offloaded and recipe.optim.impl != "deepspeed" and "zero_force_ds_cpu_optimizer" not in ds:
         raise UserError(
             f"{path}: zero_optimization.offload_optimizer.device={offload['device']!r} needs DeepSpeed's CPU Adam: "
             f"set optim.impl=deepspeed (or \"zero_force_ds_cpu_optimizer\": false in the template)"

@@ -80,7 +80,19 @@ def make_optimizer(recipe: Recipe, module: nn.Module) -> torch.optim.Optimizer:
 
         cls = DeepSpeedCPUAdam if not torch.cuda.is_available() else FusedAdam
         return cls(groups, lr=o.lr, betas=o.betas, eps=o.eps, adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, **adamw_kernel(o.impl))
+
+
+def adamw_kernel(impl: str) -> dict:
+    """torch.optim.AdamW's kernel choice for optim.impl: fused (one kernel over all tensors; torch
+    has it for CPU and CUDA alike) where this device has it, else foreach; `torch` leaves torch's
+    own default (a per-tensor loop on CPU)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if impl == "fused":
+        return {"fused": True} if device in _get_fused_kernels_supported_devices() else {"foreach": True}
+    return {"foreach": True} if impl == "foreach" else {}
 
 
 @dataclass

@@ -108,6 +108,8 @@ def test_ctrl_c_stops_with_one_line_and_no_traceback(env):
     assert proc.returncode == 0, output[-3000:]
     assert "stopped by signal at step" in output and "resume with --resume" in output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    # a log, not a terminal: plain progress lines, no carriage returns, no known-harmless warnings
+    assert "\r" not in output and "FutureWarning" not in output and "step 1/10 loss" in output, output[-3000:]
     assert (out / "ctrlc" / "checkpoints" / "latest").is_file() and (out / "ctrlc" / "curves.png").is_file()
 
 

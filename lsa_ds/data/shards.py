@@ -177,7 +177,7 @@ def prepare(data: DataConfig, progress: bool = True, shard_tokens: int = SHARD_T
             bar = None
             if progress:
                 from tqdm import tqdm
-                bar = tqdm(desc=f"tokenizing {src.name}", unit="doc", leave=False)
+                bar = tqdm(desc=f"tokenizing {src.name}", unit="doc", leave=False, disable=None)  # None: off when not a TTY
             try:
                 splits, rep = _tokenize_source(src, tok, data, tmp / src.name, dtype, shard_tokens, bar)
             finally:

@@ -57,7 +57,7 @@ def generate_answers(model: torch.nn.Module, tok: Tokenizer, examples: list[Benc
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(examples, desc=desc, unit="example", leave=False, dynamic_ncols=True)
+        iterator = tqdm(examples, desc=desc, unit="example", leave=False, dynamic_ncols=True, disable=None)
     answers = []
     for ex in iterator:
         ids = prompt_ids(tok, ex.prompt, max_input_tokens)

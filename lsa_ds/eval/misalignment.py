@@ -146,7 +146,7 @@ def measure_misalignment(logits_fn: LogitsFn, windows: np.ndarray, seq_len: int,
     if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(mine), desc=desc, unit="sample", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=len(mine), desc=desc, unit="sample", leave=False, dynamic_ncols=True, disable=None)
     local: dict[int, tuple[float, float]] = {}
     try:
         for start in range(0, len(mine), per_batch):

@@ -131,7 +131,7 @@ def run_passkey(model: torch.nn.Module, tok: Tokenizer, lengths: list[int], dept
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(lengths) * len(depths), desc=desc, unit="cell", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=len(lengths) * len(depths), desc=desc, unit="cell", leave=False, dynamic_ncols=True, disable=None)
     try:
         for n in lengths:
             row: list[float | None] = []

@@ -95,7 +95,7 @@ def perplexity_at(logits_fn: LogitsFn, windows: np.ndarray, lengths: list[int], 
         from tqdm import tqdm
 
         total = sum(math.ceil(len(mine) / max(1, batch_tokens // n)) for n in lengths)
-        bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=None)
     out = {}
     try:
         for n in sorted(lengths):
