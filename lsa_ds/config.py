@@ -321,7 +321,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     tree = load_tree(Path(path)) if path else {}
     for assignment in overrides:
         key = assignment.partition("=")[0]
-        problem = schema_problem(key) if key else None
+        problem = schema_problem(key, what="key") if key else None  # worded as a file's unknown key
         if problem:  # refused as what the user typed, before it can be blamed on the file
             raise UserError(f"--set {key}: {problem}")
         apply_override(tree, assignment)

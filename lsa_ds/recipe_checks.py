@@ -57,16 +57,17 @@ def did_you_mean(key: str) -> str:
     return f" (did you mean `{close[0]}`?)" if close else ""
 
 
-def schema_problem(key: str) -> str | None:
-    """Why `key` is not a recipe key (None when it is). Keys inside free-form mappings
-    (model.overrides.*) are accepted; their values are checked when the model is built."""
+def schema_problem(key: str, what: str = "recipe key") -> str | None:
+    """Why `key` is not a recipe key (None when it is), calling an unknown one an unknown `what`.
+    Keys inside free-form mappings (model.overrides.*) are accepted; their values are checked
+    when the model is built."""
     model: type[BaseModel] = Recipe
     parts = key.split(".")
     for i, part in enumerate(parts):
         fields = model.model_fields
         if part not in fields:
             where = "'" + ".".join(parts[:i]) + "'" if i else "the recipe"
-            return f"unknown recipe key '{key}'{did_you_mean(key)} ({where} has: {', '.join(fields)})"
+            return f"unknown {what} '{key}'{did_you_mean(key)} ({where} has: {', '.join(fields)})"
         if i == len(parts) - 1:
             return None
         annotation = fields[part].annotation

@@ -39,8 +39,8 @@ def test_base_inheritance_deep_merges_and_overrides_coerce(tmp_path):
     ("{}\n", ["align.shift_max=200"], "align.shift_max=200 must be at most train.seq_len - 1"),
     ("{}\n", ["train.seq_len=3", "train.seq_len.x=1"], "--set train.seq_len.x: 'train.seq_len' is a value, not a section"),
     # errors point at what the user typed, with the closest key
-    ("train: {max_steps: 3}\n", ["align.alhpa=1"], "--set align.alhpa: unknown recipe key 'align.alhpa' (did you mean `align.alpha`?)"),
-    ("{}\n", ["trian.max_steps=1"], "--set trian.max_steps: unknown recipe key 'trian.max_steps' (did you mean `train.max_steps`?)"),
+    ("train: {max_steps: 3}\n", ["align.alhpa=1"], "--set align.alhpa: unknown key 'align.alhpa' (did you mean `align.alpha`?)"),
+    ("{}\n", ["trian.max_steps=1"], "--set trian.max_steps: unknown key 'trian.max_steps' (did you mean `train.max_steps`?)"),
     ("align: {alhpa: 1}\n", [], "r.yaml: unknown key 'align.alhpa' (did you mean `align.alpha`?)"),
     ("data: {sources: [{name: s, type: stdlib, holdot: 0.1}]}\n", [], "unknown key 'data.sources.0.holdot' (did you mean `data.sources.holdout`?)"),
     ("{}\n", ["train.max_steps=many"], "--set train.max_steps: train.max_steps"),
