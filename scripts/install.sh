@@ -12,4 +12,4 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
 "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
 "$PY" -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[dev]"
-echo "installed lsa-ds into $VENV ($("$PY" -c 'import torch, deepspeed, transformers; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}")' 2>/dev/null))"
+echo "installed lsa-ds into $VENV ($("$PY" -c 'import os, torch; os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu"); import deepspeed, transformers; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}")' 2>/dev/null))"
