@@ -5,6 +5,7 @@ worth reading. The README's development notes list each one and why it is harmle
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -14,6 +15,22 @@ KNOWN_HARMLESS_WARNINGS = [
     (FutureWarning, r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", r"torch\.distributed\.c10d_logger"),
 ]
 """(category, message regex, module regex) of each warning filtered."""
+
+KNOWN_HARMLESS_LOGS = [
+    # Evaluating beyond the training length is the point of passkey/length evaluations.
+    ("transformers.generation.stopping_criteria",
+     "This is a friendly reminder - the current text generation call has exceeded the model's predefined maximum length"),
+]
+"""(logger name, message prefix) of each log record dropped."""
+
+
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def quiet_known_noise() -> None:
@@ -26,6 +43,10 @@ def quiet_known_noise() -> None:
     windows are cut afterwards, nothing overlong reaches the model)."""
     for category, message, module in KNOWN_HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, prefix in KNOWN_HARMLESS_LOGS:
+        logger = logging.getLogger(name)  # the object transformers' get_logger(name) returns
+        if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropPrefix(prefix))
     if "DS_ACCELERATOR" not in os.environ:
         from lsa_ds.distributed import default_accelerator
 
