@@ -236,14 +236,17 @@ class CheckpointConfig(_Section):
 
 class EvalConfig(_Section):
     every_steps: int | None = Field(None, ge=1)
-    """Evaluate every this many steps (and at the end): held-out loss and perplexity at `lengths`,
-    and with alignment on, the long-short misalignment of held-out windows (the cheap in-training
-    subset of `lsa eval`)."""
+    """Evaluate every this many steps (and at the end): held-out loss and perplexity at `lengths`
+    (measured as `lsa eval` does: the same final tokens at every length, on windows spread over the
+    eval split), and the long-short misalignment of held-out windows for every arm (the cheap
+    in-training subset of `lsa eval`)."""
     windows: int = Field(32, ge=1)
     """Held-out windows per evaluation, split across ranks: the same windows whatever the batch
-    size, so runs with different batch shapes are compared on the same text."""
+    size, so runs with different batch shapes are compared on the same text (`lsa eval --windows`
+    with this number reproduces the last row's loss@N)."""
     lengths: list[int] = Field(default_factory=list)
-    """Context lengths at which held-out loss is measured (default: 1x and 2x train.seq_len)."""
+    """Context lengths at which held-out loss is measured (default: 1x and 2x train.seq_len); the
+    final min(lengths)/2 tokens of each window are scored at every length."""
 
 
 class Recipe(_Section):

@@ -104,6 +104,8 @@ class StepStats:
     lr: float
     step_time: float
     misalign: float | None = None
+    """The configured divergence per aligned pair (None when the step applied none)."""
+    misalign_sce: float | None = None
     misalign_skl: float | None = None
     ce_gap: float | None = None
 
@@ -170,11 +172,12 @@ class Engine:
                 sums[key] += float(out[key].detach()) if key in out else 0.0
         totals = dict(zip(sums, self._global_sum(list(sums.values()))))
         ce = totals["ce_sum"] / max(tokens, 1.0) * (float("nan") if poison else 1.0)
-        per_pair = {key: totals[key] / pairs if pairs else None for key in ("div_sum", "skl_sum", "gap_sum")}
+        per_pair = {key: totals[key] / pairs if pairs else None for key in ("div_sum", "sce_sum", "skl_sum", "gap_sum")}
         norm = self.ds.get_global_grad_norm()
         return StepStats(loss=ce + alpha * (per_pair["div_sum"] or 0.0), ce=ce, tokens=int(tokens),
                          grad_norm=None if norm is None else float(norm), lr=lr, step_time=time.perf_counter() - t0,
-                         misalign=per_pair["div_sum"], misalign_skl=per_pair["skl_sum"], ce_gap=per_pair["gap_sum"])
+                         misalign=per_pair["div_sum"], misalign_sce=per_pair["sce_sum"], misalign_skl=per_pair["skl_sum"],
+                         ce_gap=per_pair["gap_sum"])
 
     @torch.no_grad()
     def eval_sums(self, batches: list[dict]) -> dict[str, float]:

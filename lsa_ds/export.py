@@ -20,7 +20,8 @@ from lsa_ds.data.tokenizer import Tokenizer, to_hf_tokenizer
 from lsa_ds.errors import UserError
 
 
-def write_hf_folder(model, state_dict: dict[str, torch.Tensor], tok: Tokenizer, out: Path, max_shard_size: str = "2GB") -> None:
+def write_hf_folder(model, state_dict: dict[str, torch.Tensor], tok: Tokenizer, out: Path, data=None,
+                    max_shard_size: str = "2GB") -> None:
     """Write weights (sharded past max_shard_size), config, generation defaults and tokenizer into
     `out`, atomically. The config is the one for inference: training runs without a KV cache
     (packed documents restart position ids), `generate` on the export wants one."""
@@ -45,6 +46,8 @@ def write_hf_folder(model, state_dict: dict[str, torch.Tensor], tok: Tokenizer, 
     if tok.kind == "sentencepiece":
         shutil.copy(tok.path, tmp / "tokenizer.model")  # the original, for tools that want SentencePiece
     (tmp / "lsa_tokenizer.json").write_text(json.dumps(tok.describe(), indent=2))
+    if data is not None:  # `lsa eval` of this folder, wherever it is copied, scores the run's held-out split
+        (tmp / "lsa_data.json").write_text(data.model_dump_json(indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -56,7 +59,7 @@ def export_from_engine(engine, lm, hf_config, tok: Tokenizer, out: Path) -> None
 
     state = engine.consolidated_state_dict()
     if dist.get_rank() == 0:
-        write_hf_folder(lm, state, tok, out)
+        write_hf_folder(lm, state, tok, out, engine.recipe.data)
     dist.barrier()
 
 
@@ -86,7 +89,7 @@ def export_checkpoint(run_dir: Path, step: int | None, out: Path) -> Path:
     state = {k.removeprefix("lm."): v for k, v in state.items()}
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config)
-    write_hf_folder(model, state, tok, out)
+    write_hf_folder(model, state, tok, out, recipe.data)
     return out
 
 

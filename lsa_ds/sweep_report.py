@@ -2,7 +2,7 @@
 in the sweep folder.
 
 Per run it reads the last evaluation row of metrics.jsonl (held-out loss/perplexity at the
-recipe's eval lengths, and with alignment on the held-out misalignment and CE gap) and, when
+recipe's eval lengths, and the held-out misalignment and CE gap) and, when
 `lsa eval` has written runs/<name>/eval/report.json, its perplexity versus length, misalignment
 (with 95% intervals) and passkey accuracy. A run that does not exist yet is listed as missing; one
 without an hf/ export as unfinished.
@@ -122,9 +122,10 @@ def markdown(sweep, rows: list[dict], flats: list[dict], files: list[str]) -> st
         out += [f"**Not finished:** {', '.join(missing)} (shown as missing/unfinished).", ""]
     losses = _lengths(rows, "loss@")
     out += ["## Held-out evaluation at the end of training", "",
-            "Last `\"kind\": \"eval\"` row of each run's metrics.jsonl: mean next-token loss on held-out windows at "
-            "each length (ppl = e^loss, in the CSV); misalignment (SCE / symmetric KL) and CE gap "
-            "(short- minus long-context CE) of held-out aligned pairs — logged only with alignment on.", ""]
+            "Last `\"kind\": \"eval\"` row of each run's metrics.jsonl: held-out loss of the same final tokens at "
+            "each context length, measured as `lsa eval` does (ppl = e^loss, in the CSV); misalignment (SCE / "
+            "symmetric KL) and CE gap (short- minus long-context CE) of held-out aligned pairs with the recipe's "
+            "shift range — measured for every arm, the baseline included.", ""]
     header = ["run", *[k.split(".", 1)[-1] for k in keys], "status", "step", *[f"loss@{n}" for n in losses],
               "misalign SCE", "misalign SKL", "CE gap", "s/step"]
     body = [[f["run"] + (" *(requires)*" if f["role"] == "requires" else ""), *[_v(f[k]) for k in keys], f["status"],

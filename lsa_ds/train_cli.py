@@ -86,10 +86,19 @@ def check_recipe(recipe: Recipe, world: int, progress: bool = True) -> dict:
     from lsa_ds.data import open_cache, prepare
     from lsa_ds.model import build_hf_config
 
+    from lsa_ds.eval.heldout import cache_windows
+    from lsa_ds.trainer import eval_lengths
+
     ds_config = check_static(recipe, world)
     prepare(recipe.data, progress=progress)
-    tok = open_cache(recipe.data).tokenizer
+    cache = open_cache(recipe.data)
+    tok = cache.tokenizer
     build_hf_config(recipe, tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id)
+    longest = max(eval_lengths(recipe))
+    try:  # the evaluation must not fail at its first step, after training began
+        cache_windows(recipe, cache, longest + 1, 1)
+    except UserError as e:
+        raise UserError(f"eval.lengths: held-out windows of {longest + 1} tokens are not available ({e})") from None
     return ds_config
 
 

@@ -56,6 +56,11 @@ def total_steps(recipe: Recipe, world: int) -> int:
     raise UserError("train.max_steps or train.token_budget must be set")
 
 
+def eval_lengths(recipe: Recipe) -> list[int]:
+    """Context lengths of the in-training evaluation: eval.lengths, or L and 2L."""
+    return sorted(recipe.eval.lengths or [recipe.train.seq_len, 2 * recipe.train.seq_len])
+
+
 def micro_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
     """Model inputs for one micro-batch: long view only (baseline) or long + short views."""
     L, a = recipe.train.seq_len, recipe.align
@@ -66,27 +71,40 @@ def micro_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
 
 
 def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: int, world: int) -> dict:
-    """Held-out mean CE at each length, and (alignment on) the long-short misalignment of held-out
-    windows with fixed shifts, over the first `eval.windows` held-out windows (rank r takes
-    r, r + world, ...; every rank runs the same number of forwards, which ZeRO-3 needs)."""
+    """Held-out loss at each length exactly as `lsa eval` measures it (the same windows, spread
+    over the eval split, and the same final K = min(lengths)/2 tokens scored at every length; so
+    `loss@N` of the last row is the `nll@N` that `lsa eval RUN --windows eval.windows` reports),
+    and the long-short misalignment of held-out windows with fixed shifts (every arm)."""
+    from lsa_ds.eval.forward import hf_logits_fn
+    from lsa_ds.eval.heldout import cache_windows
+    from lsa_ds.eval.perplexity import perplexity_at
+
     out = {}
+    engine.ds.eval()
+    heldout = cache_windows(recipe, cache, max(lengths) + 1, recipe.eval.windows)
+    for n, r in perplexity_at(hf_logits_fn(engine.module.lm), heldout, lengths).items():
+        out[f"loss@{n}"], out[f"ppl@{n}"] = r.nll.mean, r.ppl
     mbs = recipe.train.micro_batch_size
     mine = [rank + k * world for k in range(math.ceil(recipe.eval.windows / world))]
     ids = [mine[i:i + mbs] for i in range(0, len(mine), mbs)]
-    for length in lengths:
-        windows = build_windows(recipe, cache, "eval", window=length + 1)
-        sums = engine.eval_sums([make_views(np.stack([windows[i] for i in batch]), length) for batch in ids])
-        out[f"loss@{length}"] = sums["ce_sum"] / max(sums["ce_count"], 1.0)
-        out[f"ppl@{length}"] = math.exp(min(out[f"loss@{length}"], 50.0))
-    if recipe.align.enabled:
-        windows = build_windows(recipe, cache, "eval")
-        # shifts keyed by held-out sample ids offset far from training ids: the same every evaluation
-        sums = engine.eval_sums([micro_views(recipe, [EVAL_SHIFT_KEY + i for i in batch], np.stack([windows[i] for i in batch]))
-                                 for batch in ids])
-        pairs = max(sums["pair_count"], 1.0)
-        out.update(misalign_sce=sums["sce_sum"] / pairs, misalign_skl=sums["skl_sum"] / pairs,
-                   ce_gap=sums["gap_sum"] / pairs)
+    # Misalignment of every model, baseline included (no gradient: the pairs cost one more forward
+    # of both views). Shifts keyed by held-out sample ids offset far from training ids: the same
+    # every evaluation and in every arm, since windows hold L + shift_max + 1 tokens either way.
+    windows = build_windows(recipe, cache, "eval")
+    sums = engine.eval_sums([eval_views(recipe, [EVAL_SHIFT_KEY + i for i in batch], np.stack([windows[i] for i in batch]))
+                             for batch in ids])
+    pairs = max(sums["pair_count"], 1.0)
+    out.update(misalign_sce=sums["sce_sum"] / pairs, misalign_skl=sums["skl_sum"] / pairs,
+               ce_gap=sums["gap_sum"] / pairs)
     return out
+
+
+def eval_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
+    """Both views of held-out windows with the recipe's shift range and pair positions, whether or
+    not alignment trains (the baseline's misalignment is measured the same way)."""
+    L, a = recipe.train.seq_len, recipe.align
+    shifts = draw_shifts(ids, recipe.train.seed, a.shift_min, recipe.shift_max)
+    return make_views(windows, L, shifts, positions=a.positions, min_ratio=a.min_ratio)
 
 
 class StopFlag:
@@ -147,7 +165,7 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None
 
     log = MetricsLog(run_dir, steps, start, rank == 0)
     stop = StopFlag()
-    lengths = recipe.eval.lengths or [recipe.train.seq_len, 2 * recipe.train.seq_len]
+    lengths = eval_lengths(recipe)
     nan_steps = {int(s) for s in os.environ.get(NAN_TEST_HOOK, "").split(",") if s}
     skipped_in_row, ema, step = 0, None, start
     last_saved = start if resume_tag else None
@@ -171,7 +189,8 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None
             log.advance()
             finite = math.isfinite(stats.loss) and (stats.grad_norm is None or math.isfinite(stats.grad_norm))
             row = {"step": step, "loss": stats.loss, "ce": stats.ce, "misalign": stats.misalign,
-                   "misalign_skl": stats.misalign_skl, "ce_gap": stats.ce_gap, "lr": stats.lr,
+                   "misalign_sce": stats.misalign_sce, "misalign_skl": stats.misalign_skl, "ce_gap": stats.ce_gap,
+                   **({"divergence_applied": apply_div} if a.enabled else {}), "lr": stats.lr,
                    "grad_norm": stats.grad_norm, "tokens_per_s": stats.tokens / stats.step_time,
                    "step_time": stats.step_time, "consumed_samples": loader.consumed_samples,
                    "peak_mem_mb": peak_memory_mb(), "sample_ids": [ids for ids, _ in batch] if rank == 0 else None}

@@ -120,7 +120,10 @@ def test_alpha_zero_is_ce_on_both_views_and_alpha_lowers_heldout_misalignment(tm
     a0, never, a01 = (metrics(tmp_path / n) for n in ("a0", "never", "a01"))
     assert [r["loss"] for r in a0[0]] == [r["loss"] for r in never[0]]  # bit-identical: CE on both views
     assert all(r["misalign"] is None for r in a0[0])
-    assert all(r["misalign"] > 0 and r["misalign_skl"] >= 0 for r in a01[0])
+    # a step the divergence skips says so, rather than leaving blanks unexplained
+    assert [r["divergence_applied"] for r in never[0]] == [False] * len(never[0])
+    assert all(r["divergence_applied"] and r["misalign"] > 0 and r["misalign_skl"] >= 0 for r in a01[0])
+    assert all(r["misalign_sce"] == r["misalign"] for r in a01[0])  # divergence sce: the same number
     assert a01[0][-1]["loss"] < a01[0][0]["loss"] - 0.3  # it trains
     # held-out symmetric KL between long- and short-context predictions ends lower with the regularizer
     assert a01[1][-1]["misalign_skl"] < a0[1][-1]["misalign_skl"], (a01[1][-1], a0[1][-1])

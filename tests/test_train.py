@@ -64,6 +64,8 @@ def test_two_rank_zero3_run_trains_and_fills_the_run_directory(runs):
     first, last = sum(r["loss"] for r in train[:3]) / 3, sum(r["loss"] for r in train[-3:]) / 3
     assert last < first - 0.3, (first, last)
     assert [e["step"] for e in evals] == [6, 12] and evals[1]["loss@64"] < evals[0]["loss@64"]
+    # the baseline's held-out misalignment is measured too (both views of fixed held-out windows)
+    assert all(e["misalign_sce"] > 0 and e["misalign_skl"] >= 0 and "ce_gap" in e for e in evals)
     assert train[-1]["consumed_samples"] == STEPS * 4
     ds = json.loads((run / "ds_config.json").read_text())
     assert ds["train_batch_size"] == 4 and ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 1.0
@@ -148,6 +150,28 @@ def test_export_frames_text_as_training_did_and_generates_with_a_cache(runs):
     with_cache = model.generate(**prompt, max_new_tokens=24, do_sample=False, use_cache=True)
     without = model.generate(**prompt, max_new_tokens=24, do_sample=False, use_cache=False)
     assert with_cache.tolist() == without.tolist() and with_cache.shape[1] > prompt.input_ids.shape[1]
+
+
+def test_one_number_per_model_through_every_evaluation_path(runs, tmp_path):
+    """The run's last in-training evaluation, `lsa eval RUN`, `lsa eval RUN/hf` and `lsa eval` of a
+    copy of hf/ elsewhere score the same windows and tokens: the same loss."""
+    import shutil
+
+    run = runs / "two"
+    _, evals = metrics(run)
+    copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(run / "hf", copy)
+    got = {}
+    for name, target in (("run", run), ("hf", run / "hf"), ("copy", copy)):
+        lsa("eval", str(target), "--tasks", "ppl", "--lengths", "64,128", "--windows", "4", "--out", str(tmp_path / name),
+            "--threads", "1", "--no-progress")
+        model = json.loads((tmp_path / name / "report.json").read_text())["models"][0]
+        got[name] = {p["length"]: p["nll"] for p in model["perplexity"]["lengths"]}
+        if name == "copy":
+            assert "lsa_data.json" in model["heldout"]
+    for n in (64, 128):
+        assert got["run"][n] == pytest.approx(evals[-1][f"loss@{n}"], abs=1e-5)
+        assert got["hf"][n] == got["run"][n] and got["copy"][n] == pytest.approx(got["run"][n], abs=1e-6)
 
 
 @pytest.mark.parametrize("case, expect", [

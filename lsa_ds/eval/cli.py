@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL_OR_RUN",
                    help="several runs/models in one table and plot (same as listing them positionally)")
     p.add_argument("--out", help="output folder (required unless evaluating a single run: runs/<name>/eval)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="model (its name in the report) the others are compared with, window by window "
+                        "(default: the first one)")
     p.add_argument("--tasks", default="ppl,misalign,passkey",
                    help=f"comma-separated subset of {','.join(TASKS)} "
                         "(longbench/babilong also run when their files are given)")
@@ -194,15 +197,15 @@ def evaluate_target(t, plan: Plan, args, heldout) -> dict:
         win = heldout.windows(t, max(plan.lengths) + 1, args.windows)
         res = perplexity_at(logits_fn, win, plan.lengths, plan.score_tokens, batch_tokens=args.batch_tokens,
                             progress=progress, desc=f"{t.name}: perplexity")
-        entry["perplexity"] = {"score_tokens": plan.score_tokens, "windows": len(win),
+        entry["perplexity"] = {"score_tokens": plan.score_tokens, "windows": len(win), "windows_sha": _sha(win),
                                "lengths": [r.to_dict() for r in res.values()]}
         lap("perplexity")
     if "misalign" in plan.tasks:
         win = heldout.windows(t, t.train_len, args.misalign_samples)
         entry["misalignment"] = {
-            v: measure_misalignment(logits_fn, win, t.train_len, v, args.misalign_samples, args.seed,
-                                    batch_tokens=args.batch_tokens, progress=progress,
-                                    desc=f"{t.name}: misalignment ({v})").to_dict()
+            v: {**measure_misalignment(logits_fn, win, t.train_len, v, args.misalign_samples, args.seed,
+                                       batch_tokens=args.batch_tokens, progress=progress,
+                                       desc=f"{t.name}: misalignment ({v})").to_dict(), "windows_sha": _sha(win)}
             for v in plan.variants}
         lap("misalignment")
     if "passkey" in plan.tasks:
@@ -230,7 +233,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from lsa_ds.config import load_recipe
     from lsa_ds.eval.heldout import HeldOut
-    from lsa_ds.eval.report import correlate, write_report
+    from lsa_ds.eval.report import correlate, paired_against, write_report
     from lsa_ds.eval.targets import resolve
 
     paths = [*args.targets, *args.compare]
@@ -260,10 +263,20 @@ def main(argv: list[str]) -> int:
               "command": "lsa eval " + shlex.join(argv), "settings": plan.settings(args),
               "models": [evaluate_target(t, plan, args, heldout) for t in targets]}
     report["correlation"] = correlate(report["models"]) if len(targets) > 1 else None
+    report["paired"] = paired_against(report["models"], args.baseline) if len(targets) > 1 else None
     md = write_report(report, out_dir)
     _print_summary(report)
     print(f"report: {md} (also report.json and {', '.join(report['plots']) or 'no plots'} in {out_dir})")
     return 0
+
+
+def _sha(windows) -> str:
+    """Identity of the token windows a metric read: models are paired only on the very same windows."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(windows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def _dedupe_names(targets) -> None:

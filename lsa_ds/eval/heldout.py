@@ -8,8 +8,12 @@ Two ways to get them, both from documents that training never saw (the sources' 
 - otherwise the held-out documents of a recipe's sources (default: the builtin stdlib corpus)
   tokenized in memory with the *model's own* tokenizer, framed BOS ... EOS and laid end to end.
 
-Either way the stream is cut into consecutive windows and `count` of them are taken evenly spaced
-over the whole held-out set (the first windows alone would all come from a few documents).
+Either way the same code cuts, blends and spreads the windows: each source's held-out documents in
+order, end to end, cut into consecutive windows, sources interleaved by weight, and `count` windows
+taken evenly spaced over the whole held-out set (the first windows alone would all come from a few
+documents). So a run, its `hf/` export and a copy of that folder elsewhere are scored on the same
+windows (the export records its recipe's data in `lsa_data.json`, and its SentencePiece model
+tokenizes exactly as the run's cache did).
 """
 
 from __future__ import annotations
@@ -31,15 +35,25 @@ def spread(available: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, available - 1, count).round().astype(np.int64))
 
 
+MAX_EVAL_TOKENS = 4_000_000
+"""Held-out tokens per source that windows are spread over (the first ones, in document order):
+enough for any count of windows asked here, and a bound on tokenizing a large eval split in memory."""
+
+
+def _spread(blended, count: int) -> np.ndarray:
+    """`count` windows spread evenly over the blended eval windows. Without shuffling the blend
+    interleaves sources by weight; stay below the index where the smallest source (relative to its
+    share, within MAX_EVAL_TOKENS) would wrap around and repeat its windows."""
+    available = int(min(min(s.num_windows, MAX_EVAL_TOKENS // s.window) / w
+                        for s, w in zip(blended.sources, blended.weights)))
+    return np.stack([blended[int(i)] for i in spread(max(1, available), count)])
+
+
 def cache_windows(recipe: Recipe, cache, window: int, count: int) -> np.ndarray:
     """[<= count, window] windows of the eval split of an open token cache (what the trainer has)."""
     from lsa_ds.data import build_windows
 
-    blended = build_windows(recipe, cache, "eval", window=window)
-    # Without shuffling the blend interleaves sources by weight; stay below the index where the
-    # smallest source (relative to its share) would wrap around and repeat its windows.
-    available = int(min(s.num_windows / w for s, w in zip(blended.sources, blended.weights)))
-    return np.stack([blended[int(i)] for i in spread(max(1, available), count)])
+    return _spread(build_windows(recipe, cache, "eval", window=window), count)
 
 
 def open_run_cache(recipe: Recipe, run_dir: Path):
@@ -63,41 +77,57 @@ def run_windows(recipe: Recipe, run_dir: Path, window: int, count: int, cache=No
         raise UserError(f"{run_dir}: {e} (held-out windows of {window} tokens; use shorter --lengths)") from None
 
 
+class _MemoryStore:
+    """The part of `SplitStore` that windows read, over documents tokenized in memory."""
+
+    def __init__(self, docs: list[np.ndarray]):
+        self._docs = docs
+        self.lengths = np.array([len(d) for d in docs], dtype=np.int64)
+        self.num_docs = len(docs)
+
+    def tokens(self, doc: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._docs[doc][start:stop]
+
+
 def text_windows(data: DataConfig, tok: Tokenizer, window: int, count: int, batch_docs: int = 64) -> np.ndarray:
     """[<= count, window] windows from the held-out documents of `data`'s sources, tokenized with
-    `tok`. Tokenizing stops once the stream holds 4 × count windows (enough to spread over)."""
+    `tok` and cut, blended and spread exactly as `cache_windows` does a token cache: with the
+    tokenizer a run's cache was built with, the very same windows."""
     from lsa_ds.data.sources import iter_records
+    from lsa_ds.data.windows import BlendedWindows, SourceWindows
 
-    need = 4 * count * window
-    pieces: list[np.ndarray] = []
-    total = 0
+    sources, weights = [], []
     for src in data.sources:
-        batch: list[str] = []
+        docs: list[np.ndarray] = []
+        total, batch = 0, []
+
+        def flush() -> None:
+            nonlocal total
+            docs.extend(np.asarray(ids, dtype=np.int64) for ids in tok.encode_documents(batch))
+            total += sum(len(d) for d in docs[-len(batch):])
+            batch.clear()
+
         for split, rec in iter_records(src):
-            if split != "eval" or rec.text is None:
-                continue
-            batch.append(rec.text)
-            if len(batch) >= batch_docs:
-                pieces += [np.asarray(ids, dtype=np.int64) for ids in tok.encode_documents(batch)]
-                total += sum(len(p) for p in pieces[-len(batch):])
-                batch = []
-                if total >= need:
-                    break
-        if batch and total < need:
-            pieces += [np.asarray(ids, dtype=np.int64) for ids in tok.encode_documents(batch)]
-            total += sum(len(p) for p in pieces[-len(batch):])
-        if total >= need:
-            break
-    if total == 0:
+            if split == "eval" and rec.text is not None:
+                batch.append(rec.text)
+                if len(batch) >= batch_docs:
+                    flush()
+                    if total >= MAX_EVAL_TOKENS + window:
+                        break
+        if batch:
+            flush()
+        if docs:
+            try:
+                sources.append(SourceWindows(_MemoryStore(docs), window, seed=0, min_doc_tokens=data.min_doc_tokens,
+                                             shuffle_docs=False, name=f"{src.name}/eval"))
+            except UserError:
+                raise UserError(f"held-out text of source '{src.name}' has {total} tokens, fewer than one window "
+                                f"of {window}; use shorter --lengths") from None
+            weights.append(src.weight)
+    if not sources:
         names = ", ".join(s.name for s in data.sources)
         raise UserError(f"sources {names} have no held-out documents; set `holdout` on a source in the --data recipe")
-    stream = np.concatenate(pieces)
-    available = len(stream) // window
-    if available == 0:
-        raise UserError(f"held-out text has {len(stream)} tokens, fewer than one window of {window}; "
-                        "use shorter --lengths")
-    idx = spread(available, count)
-    return np.stack([stream[i * window:(i + 1) * window] for i in idx])
+    return _spread(BlendedWindows(sources, weights, seed=0, shuffle=False), count)
 
 
 class HeldOut:
@@ -128,7 +158,7 @@ class HeldOut:
 
     def windows(self, target, window: int, count: int) -> np.ndarray:
         use_run = target.recipe is not None and self.data_override is None
-        data = target.recipe.data if use_run else (self.data_override or DataConfig())
+        data = target.recipe.data if use_run else self._folder_data(target)
         # a run's windows depend on its cache only (its own tokenizer was checked against it)
         key = (data.model_dump_json(), "cache" if use_run else target.tokenizer.fingerprint, window, count)
         if key not in self._cache:
@@ -138,10 +168,15 @@ class HeldOut:
                 self._cache[key] = text_windows(data, target.tokenizer, window, count)
         return self._cache[key]
 
+    def _folder_data(self, target) -> DataConfig:
+        return self.data_override or getattr(target, "data", None) or DataConfig()
+
     def source(self, target) -> str:
-        """Where a target's held-out text comes from, for the report."""
+        """Where a target's held-out text comes from, for the report (one sentence)."""
         if target.recipe is not None and self.data_override is None:
             return "the run's token cache (eval split of its recipe's sources)"
-        data = self.data_override or DataConfig()
+        data = self._folder_data(target)
         names = ", ".join(f"{s.name} ({s.type})" for s in data.sources)
-        return f"eval split of {names}, tokenized with the model's tokenizer"
+        why = ("--data" if self.data_override else "recorded by its export (lsa_data.json)" if getattr(target, "data", None)
+               else "the builtin default")
+        return f"eval split of {names} ({why}), tokenized with the model's tokenizer"

@@ -3,7 +3,7 @@
 Two variants, both over held-out windows of L tokens (L = the model's training length), one
 window per sample, with lengths drawn from an RNG keyed by (seed, sample index):
 
-- last: two suffix lengths l1, l2 ~ U[ceil(L/2), L] (integers, independent) ending at the same
+- last: two different suffix lengths l1 != l2 in [ceil(L/2), L] (uniform) ending at the same
   token w[L-1]; the divergence between the next-token distributions at that last position. The
   paper's metric.
 - overlap: the long context w[0:L] and a left-truncated one w[E:L], E ~ U[1, L//2]; the
@@ -45,11 +45,14 @@ class Misalignment:
     sce: MeanCI
     skl: MeanCI
     seed: int
+    per_sample: tuple[tuple[float, float], ...] = ()
+    """(SCE, symmetric KL) of each sample in order: what paired comparisons between models use."""
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "seq_len": self.seq_len, "samples": self.sce.n, "seed": self.seed,
                 "interval": "95% normal approximation over samples",
-                "sce": self.sce.to_dict(), "skl": self.skl.to_dict()}
+                "sce": self.sce.to_dict(), "skl": self.skl.to_dict(),
+                "per_sample": {"sce": [v[0] for v in self.per_sample], "skl": [v[1] for v in self.per_sample]}}
 
 
 def divergences(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,11 +66,16 @@ def divergences(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.T
 
 
 def draw_last_lengths(seed: int, sample: int, seq_len: int) -> tuple[int, int]:
-    """(l1, l2) ~ U[ceil(L/2), L] for one sample of the last-position variant."""
+    """(l1, l2), two *different* lengths in [ceil(L/2), L], uniform over the ordered pairs, for one
+    sample of the last-position variant. (Drawn independently they tie with probability
+    1 / (L/2 + 1), and a tie compares a distribution with itself: SKL 0, SCE 2 × entropy.)"""
     rng = np.random.default_rng([seed, 0x1A57, sample])
     lo = max(1, math.ceil(seq_len / 2))
-    l1, l2 = rng.integers(lo, seq_len + 1, size=2)
-    return int(l1), int(l2)
+    if seq_len - lo < 1:
+        raise ValueError(f"seq_len={seq_len}: the last variant needs two different lengths in [L/2, L] (L >= 2)")
+    l1 = int(rng.integers(lo, seq_len + 1))
+    l2 = int(rng.integers(lo, seq_len))  # one of the other L - lo values: skip over l1
+    return l1, l2 + (l2 >= l1)
 
 
 def draw_overlap_shift(seed: int, sample: int, seq_len: int) -> int:
@@ -163,4 +171,5 @@ def measure_misalignment(logits_fn: LogitsFn, windows: np.ndarray, seq_len: int,
             bar.close()
     per_sample = gather(local, world)
     values = [per_sample[i] for i in sorted(per_sample)]
-    return Misalignment(variant, L, mean_ci([v[0] for v in values]), mean_ci([v[1] for v in values]), seed)
+    return Misalignment(variant, L, mean_ci([v[0] for v in values]), mean_ci([v[1] for v in values]), seed,
+                        tuple(values))

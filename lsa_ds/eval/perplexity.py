@@ -34,6 +34,8 @@ class LengthPerplexity:
     """Mean next-token NLL (nats) over windows, with its 95% interval."""
     score_tokens: int
     """Targets scored per window (the same tokens at every length)."""
+    per_window: tuple[float, ...] = ()
+    """Each window's mean NLL, in window order: what paired comparisons between models use."""
 
     @property
     def ppl(self) -> float:
@@ -46,7 +48,8 @@ class LengthPerplexity:
     def to_dict(self) -> dict:
         return {"length": self.length, "nll": self.nll.mean, "nll_ci": [self.nll.lo, self.nll.hi],
                 "ppl": self.ppl, "ppl_ci": list(self.ppl_ci), "windows": self.nll.n,
-                "score_tokens": self.score_tokens, "tokens": self.nll.n * self.score_tokens}
+                "score_tokens": self.score_tokens, "tokens": self.nll.n * self.score_tokens,
+                "per_window": list(self.per_window)}
 
 
 def default_score_tokens(lengths: list[int]) -> int:
@@ -109,7 +112,8 @@ def perplexity_at(logits_fn: LogitsFn, windows: np.ndarray, lengths: list[int], 
                 if bar is not None:
                     bar.update(1)
             per_window = gather(local, world)
-            out[n] = LengthPerplexity(n, mean_ci([per_window[i] for i in sorted(per_window)]), K)
+            values = [per_window[i] for i in sorted(per_window)]
+            out[n] = LengthPerplexity(n, mean_ci(values), K, tuple(values))
     finally:
         if bar is not None:
             bar.close()

@@ -143,6 +143,52 @@ def _correlation_md(corr: dict | None) -> list[str]:
             *_table(["predictor", "models", "Pearson r", "Spearman r", "note"], body), ""]
 
 
+def paired_against(models: list[dict], baseline: str | None = None) -> dict:
+    """Every model minus the baseline, window by window (perplexity: per-window NLL at each length)
+    and sample by sample (misalignment), where both read the very same windows."""
+    from lsa_ds.errors import UserError
+    from lsa_ds.eval.stats import paired
+
+    names = [m["name"] for m in models]
+    base_name = baseline or names[0]
+    if base_name not in names:
+        raise UserError(f"--baseline {base_name}: not one of the evaluated models ({', '.join(names)})")
+    base = models[names.index(base_name)]
+    out = {"baseline": base_name, "models": []}
+    for m in models:
+        if m is base:
+            continue
+        rows = []
+        bp, mp = base.get("perplexity") or {}, m.get("perplexity") or {}
+        if bp and mp and bp.get("windows_sha") == mp.get("windows_sha"):
+            b_len = {p["length"]: p for p in bp["lengths"]}
+            for p in mp["lengths"]:
+                if p["length"] in b_len and p.get("per_window"):
+                    rows.append({"metric": f"loss@{p['length']}",
+                                 **paired(p["per_window"], b_len[p["length"]]["per_window"]).to_dict()})
+        for variant, r in (m.get("misalignment") or {}).items():
+            b = (base.get("misalignment") or {}).get(variant)
+            if b and b.get("windows_sha") == r.get("windows_sha") and r.get("per_sample"):
+                for kind in ("skl", "sce"):
+                    rows.append({"metric": f"misalign {kind.upper()} ({variant})",
+                                 **paired(r["per_sample"][kind], b["per_sample"][kind]).to_dict()})
+        out["models"].append({"name": m["name"], "rows": rows})
+    return out
+
+
+def _paired_md(paired: dict | None) -> list[str]:
+    if not paired or not any(m["rows"] for m in paired["models"]):
+        return []
+    body = [[m["name"], r["metric"], f"{r['diff']['mean']:+.4f} [{r['diff']['lo']:+.4f}, {r['diff']['hi']:+.4f}]",
+             f"{r['better']} / {r['worse']}", f"{r['p_sign']:.3g}"] for m in paired["models"] for r in m["rows"]]
+    return [f"## Paired differences against {paired['baseline']}", "",
+            "Model minus baseline over the same held-out windows (loss) or samples (misalignment): mean difference "
+            "with its 95% interval over windows/samples, how many were lower / higher than the baseline's, and the "
+            "two-sided sign-test p-value. Negative is lower loss or less misalignment. Only models that read the "
+            "very same windows are paired (a model with another training length reads other misalignment windows).",
+            "", *_table(["model", "metric", "difference", "lower / higher", "p (sign test)"], body), ""]
+
+
 def render_markdown(report: dict) -> str:
     models = report["models"]
     lines = ["# Evaluation report", "", f"`{report['command']}` — {report['created']}", "", "## Models", ""]
@@ -152,7 +198,7 @@ def render_markdown(report: dict) -> str:
     lines += ["", f"Final train loss: {FINAL_LOSS_NOTE} (one step is one noisy batch).", ""]
     lines += _perplexity_md(models) + _misalignment_md(models) + _passkey_md(models)
     lines += _benchmark_md(models, "longbench", "LongBench") + _benchmark_md(models, "babilong", "BABILong")
-    lines += _correlation_md(report.get("correlation"))
+    lines += _paired_md(report.get("paired")) + _correlation_md(report.get("correlation"))
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)

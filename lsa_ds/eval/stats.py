@@ -1,4 +1,5 @@
-"""Small statistics the reports need: a mean with its 95% interval, Pearson and Spearman r.
+"""Small statistics the reports need: a mean with its 95% interval, a paired difference with its
+interval and a sign test, Pearson and Spearman r.
 
 Plain numpy, no scipy (it is not a dependency). The interval is the normal approximation
 `mean ± 1.96 · s / sqrt(n)` with the sample standard deviation (ddof=1): every quantity we average
@@ -70,3 +71,37 @@ def ranks(x) -> np.ndarray:
 def spearman(x, y) -> float:
     """Spearman rank correlation: Pearson r of the (tie-averaged) ranks."""
     return pearson(ranks(x), ranks(y))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Model minus baseline over the same units (windows or samples): the mean difference, its 95%
+    interval, and the two-sided exact sign test of "as many units better as worse"."""
+
+    diff: MeanCI
+    better: int
+    """Units where the model's value is below the baseline's."""
+    worse: int
+    p_sign: float
+
+    def to_dict(self) -> dict:
+        return {"diff": self.diff.to_dict(), "better": self.better, "worse": self.worse, "p_sign": self.p_sign}
+
+
+def sign_test(plus: int, minus: int) -> float:
+    """Two-sided exact binomial p-value of `plus` vs `minus` under p = 1/2 (ties left out)."""
+    n = plus + minus
+    if n == 0:
+        return 1.0
+    k = min(plus, minus)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def paired(model, baseline) -> Paired:
+    """The paired comparison of two equally long sequences of per-unit values."""
+    a, b = np.asarray(model, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired values need the same non-zero length, got {a.shape} and {b.shape}")
+    d = a - b
+    return Paired(mean_ci(d), int((d < 0).sum()), int((d > 0).sum()), sign_test(int((d < 0).sum()), int((d > 0).sum())))

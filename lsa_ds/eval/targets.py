@@ -6,9 +6,12 @@ loss (metrics.jsonl) and a default output folder (runs/<name>/eval). A plain *mo
 config.json, weights and a tokenizer; its training length is --length or its
 max_position_embeddings.
 
-Tokenizer: AutoTokenizer when the folder has files it reads (tokenizer.json or
-tokenizer_config.json), else our SentencePiece `tokenizer.model` (what run exports hold; framing
-from lsa_tokenizer.json when present).
+Tokenizer: an lsa-ds export's own SentencePiece `tokenizer.model` (framing from lsa_tokenizer.json:
+token for token what the run's cache holds), else AutoTokenizer when the folder has files it reads
+(tokenizer.json or tokenizer_config.json), else a bare `tokenizer.model`.
+
+Held-out data: a run's token cache; for a folder, the data its export recorded (lsa_data.json),
+else the builtin stdlib corpus (lsa_ds.eval.heldout).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lsa_ds.config import Recipe, load_recipe
+from lsa_ds.config import DataConfig, Recipe, load_recipe
 from lsa_ds.data.tokenizer import SPM_FILE, Tokenizer
 from lsa_ds.errors import UserError
 
@@ -42,6 +45,8 @@ class Target:
     """Final training loss from metrics.jsonl (runs only)."""
     tokenizer: Tokenizer
     vocab_size: int
+    data: DataConfig | None = None
+    """For a folder: the data its export recorded (lsa_data.json), the default held-out data."""
 
     @property
     def kind(self) -> str:
@@ -54,9 +59,21 @@ class Target:
                               "vocab_size": self.tokenizer.vocab_size}}
 
 
+def _our_export(folder: Path) -> bool:
+    """An lsa-ds export with its original SentencePiece model (lsa_tokenizer.json says so)."""
+    described = folder / "lsa_tokenizer.json"
+    if not (described.is_file() and (folder / SPM_FILE).is_file()):
+        return False
+    try:
+        return json.loads(described.read_text()).get("kind") == "sentencepiece"
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
 def load_tokenizer(folder: Path) -> Tokenizer:
     """The folder's tokenizer, wrapped in our `Tokenizer` (see the module docstring)."""
-    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+    hf_files = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+    if hf_files and not _our_export(folder):
         from transformers import AutoTokenizer
 
         try:
@@ -145,7 +162,18 @@ def resolve(path: str, length: int | None = None) -> Target:
     vocab = int(getattr(cfg, "vocab_size", 0) or 0)
     if vocab and tok.vocab_size > vocab:
         raise UserError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {vocab}")
-    return Target(name, hf, run_dir, recipe, L, loss, tok, vocab)
+    return Target(name, hf, run_dir, recipe, L, loss, tok, vocab, _recorded_data(hf) if run_dir is None else None)
+
+
+def _recorded_data(folder: Path) -> DataConfig | None:
+    path = folder / "lsa_data.json"
+    if not path.is_file():
+        return None
+    try:
+        return DataConfig.model_validate_json(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: not a data config this version reads ({' '.join(str(e).split())[:160]}); "
+                        f"pass --data RECIPE") from None
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -78,6 +78,18 @@ def test_compare_puts_models_side_by_side_and_correlates_four(runs_dir, tmp_path
     assert sorted(p[0] for p in by_name["final training loss"]["points"]) == sorted(final)
     md = (out / "report.md").read_text()
     assert "| run-a |" in md and "| run-d |" in md and "Pearson r" in md
+    # every other run against the first, window by window on the very same windows
+    pair = report["paired"]
+    assert pair["baseline"] == "run-a" and [m["name"] for m in pair["models"]] == ["run-b", "run-c", "run-d"]
+    for m in pair["models"]:
+        by_metric = {r["metric"]: r for r in m["rows"]}
+        assert {"loss@32", "loss@128", "misalign SKL (last)"} <= set(by_metric)
+        r = by_metric["loss@64"]
+        b_len = {p["length"]: p for p in report["models"][0]["perplexity"]["lengths"]}
+        m_len = {p["length"]: p for p in next(x for x in report["models"] if x["name"] == m["name"])["perplexity"]["lengths"]}
+        assert r["diff"]["mean"] == pytest.approx(m_len[64]["nll"] - b_len[64]["nll"], abs=1e-9)
+        assert r["better"] + r["worse"] <= 4 and 0 < r["p_sign"] <= 1
+    assert "## Paired differences against run-a" in md
 
 
 def _err(capsys) -> str:

@@ -77,6 +77,21 @@ def test_last_position_misalignment_equals_two_separate_forwards(tiny, L):
     assert got.sce.n == samples and got.sce.lo <= got.sce.mean <= got.sce.hi
 
 
+@pytest.mark.parametrize("L", [2, 3, 32, 33])
+def test_last_variant_draws_two_different_lengths_uniformly(L):
+    """Independent draws tied 1145 times in 20,000 at L = 32 (each a divergence of exactly 0)."""
+    from collections import Counter
+
+    lo, n = math.ceil(L / 2), 20_000 if L >= 32 else 2_000
+    pairs = [draw_last_lengths(7, i, L) for i in range(n)]
+    assert all(l1 != l2 and lo <= min(l1, l2) and max(l1, l2) <= L for l1, l2 in pairs)
+    counts = Counter(l for p in pairs for l in p)  # every length in range, about equally often
+    assert set(counts) == set(range(lo, L + 1))
+    expected = 2 * n / (L - lo + 1)
+    assert max(abs(c - expected) for c in counts.values()) < 5 * math.sqrt(expected)
+    assert pairs == [draw_last_lengths(7, i, L) for i in range(n)]  # deterministic
+
+
 def test_overlap_misalignment_equals_two_separate_forwards(tiny, monkeypatch):
     from lsa_ds.eval import misalignment as module
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lsa_ds.eval.report import correlate
-from lsa_ds.eval.stats import mean_ci, pearson, ranks, spearman
+from lsa_ds.eval.stats import mean_ci, paired, pearson, ranks, sign_test, spearman
 
 
 def test_mean_ci_is_the_normal_approximation():
@@ -46,3 +46,14 @@ def test_correlate_uses_the_longest_length_and_needs_four_models():
     assert mis["n"] == 4 and mis["spearman"] == pytest.approx(1.0) and mis["pearson"] > 0.99
     assert loss["n"] == 3 and "skipped" in loss  # one model has no training loss
     assert "skipped" in correlate(models[:3])
+
+
+def test_sign_test_and_paired_difference_by_hand():
+    assert sign_test(0, 0) == 1.0 and sign_test(3, 3) == 1.0
+    assert sign_test(10, 0) == pytest.approx(2 / 2 ** 10)  # all ten one way: 2 * (1/2)^10
+    assert sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    got = paired([1.0, 2.0, 3.0, 5.0], [2.0, 2.0, 2.0, 2.0])  # differences -1, 0, 1, 3
+    assert got.diff.mean == pytest.approx(0.75) and (got.better, got.worse) == (1, 2)
+    assert got.p_sign == pytest.approx(1.0) and got.diff.lo < 0.75 < got.diff.hi
+    with pytest.raises(ValueError):
+        paired([1.0], [1.0, 2.0])
