@@ -33,6 +33,27 @@ class RunConfig(_Section):
 
 
 # -------------------------------------------------------------------------------------- data
+class RepeatConfig(_Section):
+    segment_tokens: int = Field(256, ge=8)
+    """Each consecutive segment of this many tokens of a document gets one repeated span."""
+    span_min: int = Field(16, ge=1)
+    """Shortest repeated span (tokens)."""
+    span_max: int = Field(48, ge=1)
+    """Longest repeated span (tokens; at most half a segment)."""
+    content: Literal["natural", "random"] = "natural"
+    """natural: the document's own tokens are repeated; random: the span is first replaced by
+    uniformly drawn ordinary tokens, so only copying predicts its second occurrence."""
+    seed: int = 0
+    """Keys the draws (with each document's key)."""
+
+    @model_validator(mode="after")
+    def _spans_fit(self) -> RepeatConfig:
+        if self.span_min > self.span_max or 2 * self.span_min > self.segment_tokens:
+            raise ValueError(f"span_min={self.span_min}, span_max={self.span_max}: need span_min <= span_max and "
+                             f"two spans in segment_tokens={self.segment_tokens}")
+        return self
+
+
 class SourceConfig(_Section):
     name: str
     """Short unique name; also the source's folder in the token cache."""
@@ -58,6 +79,10 @@ class SourceConfig(_Section):
     """Glob patterns (relative to the source root) of files to leave out (txt, stdlib)."""
     max_documents: int | None = Field(None, ge=1)
     """Read at most this many documents (after the holdout split is decided)."""
+    repeat: RepeatConfig | None = None
+    """Make this source's text reward long-range use: a span of every segment repeated later in it
+    (lsa_ds/data/repeats.py). Such a source is derived text: the tokenizer is trained on the other
+    sources, so adding or changing it never changes the vocabulary."""
 
     @model_validator(mode="after")
     def _path_required(self) -> SourceConfig:

@@ -22,7 +22,8 @@ import numpy as np
 
 from lsa_ds.config import DataConfig
 from lsa_ds.data.sources import iter_records, source_fingerprint
-from lsa_ds.data.tokenizer import Tokenizer, load_tokenizer
+from lsa_ds.data.repeats import repeat_spans
+from lsa_ds.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_sources
 from lsa_ds.errors import UserError
 
 FORMAT_VERSION = 1
@@ -104,6 +105,8 @@ class SourceReport:
     skipped: Counter = field(default_factory=Counter)
     first_skip: dict = field(default_factory=dict)
     seconds: float = 0.0
+    repeated: dict = field(default_factory=lambda: {"spans": 0, "tokens": 0})
+    """Spans repeated (and tokens copied) by the source's `repeat` option, over both splits."""
 
 
 def _tokenize_source(src, tok: Tokenizer, data: DataConfig, folder: Path, dtype: np.dtype,
@@ -112,15 +115,20 @@ def _tokenize_source(src, tok: Tokenizer, data: DataConfig, folder: Path, dtype:
     writers = {s: _ShardWriter(folder, s, dtype, shard_tokens) for s in SPLITS}
     rep = SourceReport(src.name)
     t0 = time.perf_counter()
-    batch: list[tuple[str, str]] = []
+    batch: list[tuple[str, str, str]] = []
     batch_chars = 0
+    ordinary = tok.ordinary_ids() if src.repeat is not None else None
 
     def flush() -> None:
         nonlocal batch_chars
         batch_chars = 0
-        for (split, _), ids in zip(batch, tok.encode_documents([t for _, t in batch])):
+        for (split, key, _), ids in zip(batch, tok.encode_documents([t for _, _, t in batch])):
             if ids and max(ids) >= tok.vocab_size:
                 raise UserError(f"tokenizer {tok.path} produced id {max(ids)} >= its vocab_size {tok.vocab_size}")
+            if src.repeat is not None:
+                ids, spans, copied = repeat_spans(ids, key, src.repeat, ordinary)
+                rep.repeated["spans"] += spans
+                rep.repeated["tokens"] += copied
             writers[split].add(ids)
             rep.documents[split] += 1
             rep.tokens[split] += len(ids)
@@ -135,7 +143,7 @@ def _tokenize_source(src, tok: Tokenizer, data: DataConfig, folder: Path, dtype:
             rep.skipped[rec.skip.split(" (")[0]] += 1
             rep.first_skip.setdefault(rec.skip.split(" (")[0], f"{rec.key}: {rec.skip}")
             continue
-        batch.append((split, rec.text))
+        batch.append((split, rec.key, rec.text))
         batch_chars += len(rec.text)
         if len(batch) >= data.batch_docs or batch_chars >= BATCH_CHARS:
             flush()
@@ -162,7 +170,7 @@ def prepare(data: DataConfig, progress: bool = True, shard_tokens: int = SHARD_T
     """Build the token cache for `data` if it is not there. Returns (cache folder, reports), with
     reports None when the cache was already up to date."""
     fingerprints = [source_fingerprint(s) for s in data.sources]
-    tok = load_tokenizer(data, fingerprints, train=True)
+    tok = load_tokenizer(data, [source_fingerprint(s) for s in tokenizer_sources(data)], train=True)
     final = cache_dir_for(data, fingerprints, tok)
     if (final / MANIFEST).is_file():
         return final, None
@@ -185,7 +193,8 @@ def prepare(data: DataConfig, progress: bool = True, shard_tokens: int = SHARD_T
                     bar.close()
             reports.append(rep)
             manifest["sources"][src.name] = {"fingerprint": fp, "splits": splits, "records": rep.records,
-                                             "skipped": dict(rep.skipped), "first_skip": rep.first_skip}
+                                             "skipped": dict(rep.skipped), "first_skip": rep.first_skip,
+                                             "repeated": rep.repeated}
         # The manifest is written last and the folder renamed after: its presence means complete.
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if final.exists():  # someone else finished the same cache meanwhile
@@ -240,7 +249,7 @@ class TokenCache:
 def open_cache(data: DataConfig) -> TokenCache:
     """The complete cache for `data`, or UserError telling the user to prepare it."""
     fingerprints = [source_fingerprint(s) for s in data.sources]
-    tok = load_tokenizer(data, fingerprints, train=False)
+    tok = load_tokenizer(data, [source_fingerprint(s) for s in tokenizer_sources(data)], train=False)
     folder = cache_dir_for(data, fingerprints, tok)
     if not (folder / MANIFEST).is_file():
         raise UserError(f"token cache {folder} not prepared (or its inputs changed); run `lsa prepare RECIPE`")

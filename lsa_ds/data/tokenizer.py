@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from lsa_ds.config import DataConfig
 from lsa_ds.errors import UserError
 
@@ -79,6 +81,16 @@ class Tokenizer:
             return self.impl.decode([int(i) for i in ids])
         return self.impl.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def ordinary_ids(self) -> np.ndarray:
+        """Ids of plain text pieces: no control, unknown or byte-fallback pieces, no HF special tokens."""
+        if self.kind == "sentencepiece":
+            sp = self.impl
+            keep = [i for i in range(self.vocab_size) if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))]
+        else:
+            special = set(self.impl.all_special_ids)
+            keep = [i for i in range(self.vocab_size) if i not in special]
+        return np.asarray(keep, dtype=np.int64)
+
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "fingerprint": self.fingerprint,
                 "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id,
@@ -114,6 +126,14 @@ def _load_hf(path: Path, data: DataConfig) -> Tokenizer:
     return Tokenizer("hf", tok, path, h.hexdigest()[:16], data.tokenizer.add_bos, data.tokenizer.add_eos, data.threads)
 
 
+def tokenizer_sources(data: DataConfig) -> list:
+    """The sources a SentencePiece model learns from: those without `repeat` (repeated spans are
+    derived text; the vocabulary must not change when they are added or changed, or a stage that
+    adds them could not continue from one without). If every source repeats, their plain text."""
+    natural = [s for s in data.sources if s.repeat is None]
+    return natural or [s.model_copy(update={"repeat": None}) for s in data.sources]
+
+
 def tokenizer_cache_path(data: DataConfig, source_fingerprints: list[dict]) -> Path:
     """Where a trained SentencePiece model for these sources and options lives."""
     opts = data.tokenizer.model_dump(mode="json", exclude={"add_bos", "add_eos", "path"})
@@ -128,10 +148,11 @@ def train_spm(data: DataConfig, out: Path) -> None:
 
     from lsa_ds.data.sources import iter_records, sample_text
 
-    texts = list(sample_text(data.sources, data.tokenizer.train_chars))
+    sources = tokenizer_sources(data)
+    texts = list(sample_text(sources, data.tokenizer.train_chars))
     if not texts:
-        where = ", ".join(f"'{s.name}' ({s.path or s.type})" for s in data.sources)
-        first = next((f"{r.key}: {r.skip}" for s in data.sources for _, r in iter_records(s) if r.skip), None)
+        where = ", ".join(f"'{s.name}' ({s.path or s.type})" for s in sources)
+        first = next((f"{r.key}: {r.skip}" for s in sources for _, r in iter_records(s) if r.skip), None)
         why = f"; first skipped record: {first}" if first else ""
         raise UserError(f"no documents to train the tokenizer on: sources {where} yield no training-split text{why}")
     model = io.BytesIO()
@@ -150,7 +171,7 @@ def train_spm(data: DataConfig, out: Path) -> None:
 
 def load_tokenizer(data: DataConfig, source_fingerprints: list[dict] | None = None, train: bool = False) -> Tokenizer:
     """The recipe's tokenizer. A SentencePiece model without `path` is trained (when `train`) or
-    must already be in the cache."""
+    must already be in the cache. `source_fingerprints`: of `tokenizer_sources(data)`."""
     tcfg = data.tokenizer
     if tcfg.type == "hf":
         if not tcfg.path:
@@ -161,7 +182,7 @@ def load_tokenizer(data: DataConfig, source_fingerprints: list[dict] | None = No
     if source_fingerprints is None:
         from lsa_ds.data.sources import source_fingerprint
 
-        source_fingerprints = [source_fingerprint(s) for s in data.sources]
+        source_fingerprints = [source_fingerprint(s) for s in tokenizer_sources(data)]
     path = tokenizer_cache_path(data, source_fingerprints)
     if not path.is_file():
         if not train:

@@ -1,0 +1,76 @@
+"""Repeated spans (`data.sources[].repeat`): what they do to a document, deterministically, and
+through `lsa prepare`: counted in the summary, held-out split disjoint, vocabulary unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lsa_ds import cli
+from lsa_ds.config import RepeatConfig, load_recipe
+from lsa_ds.data import open_cache, prepare
+from lsa_ds.data.repeats import repeat_spans
+from lsa_ds.errors import UserError
+from tests.conftest import SMALL_DATA
+
+ORDINARY = np.arange(300, 900)
+
+
+def _doc(n: int, seed: int = 0) -> list[int]:
+    return [1, *np.random.default_rng(seed).integers(1000, 60000, size=n - 2).tolist(), 2]
+
+
+def _repeats_in(seg: list[int], n: int) -> bool:
+    """Some n-gram occurs twice in `seg` (random ids: only a copy makes one)."""
+    grams = [tuple(seg[i:i + n]) for i in range(len(seg) - n + 1)]
+    return len(set(grams)) < len(grams)
+
+
+@pytest.mark.parametrize("content", ["natural", "random"])
+def test_every_segment_gets_one_copied_span_and_framing_stays(content):
+    cfg = RepeatConfig(segment_tokens=64, span_min=8, span_max=16, content=content)
+    ids = _doc(64 * 5 + 10)
+    out, spans, copied = repeat_spans(ids, "pkg/mod.py", cfg, ORDINARY)
+    assert len(out) == len(ids) and out[0] == 1 and out[-1] == 2
+    assert spans == 5 and 8 * 5 <= copied <= 16 * 5  # the 8-token tail (< 2 spans) is left alone
+    for s in range(5):
+        seg = out[1 + 64 * s: 1 + 64 * (s + 1)]
+        assert _repeats_in(seg, 8), s
+    changed = sum(a != b for a, b in zip(ids, out))
+    assert changed <= copied * (2 if content == "random" else 1)
+    if content == "random":  # the first occurrences were redrawn from the ordinary vocabulary
+        assert sum(1 for t in out if 300 <= t < 900) >= copied
+    again, *_ = repeat_spans(ids, "pkg/mod.py", cfg, ORDINARY)
+    other, *_ = repeat_spans(ids, "pkg/other.py", cfg, ORDINARY)
+    assert again == out and other != out  # keyed by the document, the same on every machine
+
+
+def test_impossible_span_lengths_are_refused():
+    with pytest.raises(ValueError, match="two spans"):
+        RepeatConfig(segment_tokens=16, span_min=9, span_max=9)
+
+
+def test_prepare_counts_repeats_keeps_the_split_and_the_vocabulary(tmp_path, capsys, data_cache_dir, prepared):
+    natural = SMALL_DATA[0].removeprefix("data.sources=[").removesuffix("]")
+    repeated = natural.replace("name: stdlib", "name: copies").removesuffix("}") + \
+        ", repeat: {segment_tokens: 128, span_min: 8, span_max: 24}}"
+    mixed = [f"data.sources=[{natural}, {repeated}]", *SMALL_DATA[1:], f"data.cache_dir={data_cache_dir}"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("{}\n")
+    assert cli.main(["prepare", str(recipe), *[a for s in mixed for a in ("--set", s)], "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "repeated spans" in out and "tokens, " in out  # the summary shows the task shaping
+    r = load_recipe(recipe, mixed)
+    cache = open_cache(r.data)
+    _, plain = prepared
+    assert cache.tokenizer.fingerprint == plain.tokenizer.fingerprint  # adding the source kept the vocabulary
+    rep = cache.manifest["sources"]["copies"]["repeated"]
+    assert rep["spans"] > 100 and rep["tokens"] >= 8 * rep["spans"]
+    assert "repeated" in cache.manifest["sources"]["stdlib"] and cache.manifest["sources"]["stdlib"]["repeated"]["spans"] == 0
+    for split in ("train", "eval"):  # the same documents (split by key) with spans repeated
+        a, b = cache.store("stdlib", split), cache.store("copies", split)
+        assert a.num_docs == b.num_docs > 0 and list(a.lengths) == list(b.lengths)
+        assert any((a.tokens(d) != b.tokens(d)).any() for d in range(a.num_docs))
+    assert prepare(r.data, progress=False)[1] is None  # deterministic: the second prepare finds it
+    with pytest.raises(UserError, match="span_min"):
+        load_recipe(recipe, [*mixed[:-1], mixed[0].replace("span_min: 8", "span_min: 80")])
