@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsa_ds.metrics_log import read_rows
+from lsa_ds.metrics_log import length_keys, read_rows
 
 FINAL_LOSS_FRACTION = 0.1
 FINAL_LOSS_NOTE = "mean of the last 10% of logged steps"
@@ -72,7 +72,7 @@ def draw_curves(run_dir: Path) -> Path | None:
     ax_loss.set(xlabel="step", ylabel="training loss (nats)", title="training")
     ax_loss.legend(fontsize=8)
 
-    lengths = sorted({int(k.split("@")[1]) for r in evals for k in r if k.startswith("loss@")})
+    lengths = sorted({n for r in evals for n in length_keys(r)})
     for i, n in enumerate(lengths):
         pts = [(r["step"], r[f"loss@{n}"]) for r in evals if f"loss@{n}" in r]
         ax_eval.plot([s for s, _ in pts], [v for _, v in pts], marker="o", color=f"C{i}", label=f"context {n}")

@@ -28,6 +28,22 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def length_keys(row: dict, prefix: str = "loss@") -> dict[int, object]:
+    """{N: value} of a row's `<prefix>N` keys (blended held-out data; per-source keys such as
+    `loss@512/<source>` are left out)."""
+    return {int(k[len(prefix):]): v for k, v in row.items() if k.startswith(prefix) and k[len(prefix):].isdigit()}
+
+
+def source_losses(row: dict) -> dict[str, dict[int, float]]:
+    """{source: {N: loss}} of an eval row's per-source keys `loss@N/<source>` (several sources only)."""
+    out: dict[str, dict[int, float]] = {}
+    for k, v in row.items():
+        head, sep, source = k.partition("/")
+        if sep and head.startswith("loss@") and head[5:].isdigit():
+            out.setdefault(source, {})[int(head[5:])] = v
+    return out
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, steps: int, start_step: int, enabled: bool):
         self.enabled = enabled

@@ -16,7 +16,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lsa_ds.metrics_log import read_rows
+from lsa_ds.metrics_log import length_keys, read_rows
 
 TRAIN_SCALARS = ("misalign_sce", "misalign_skl", "ce_gap")
 """Keys of the trainer's eval rows reported besides loss@N / ppl@N (lsa_ds/trainer.py `evaluate`)."""
@@ -54,7 +54,7 @@ def gather(point) -> dict:
 
 
 def _lengths(rows: list[dict], prefix: str) -> list[int]:
-    return sorted({int(k.split("@")[1]) for r in rows for k in r["train"] if k.startswith(prefix)})
+    return sorted({n for r in rows for n in length_keys(r["train"], prefix)})
 
 
 def _eval_lengths(rows: list[dict]) -> list[int]:
@@ -184,7 +184,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2))
     ax = axes[0]
     for i, r in enumerate(rows):
-        pts = sorted((int(k.split("@")[1]), v) for k, v in r["train"].items() if k.startswith("loss@"))
+        pts = sorted(length_keys(r["train"]).items())
         if pts:
             ax.plot(*zip(*pts), marker="o", color=f"C{i % 10}", label=r["run"])
     ax.set(xlabel="context length (tokens)", ylabel="held-out loss", title="end of training (metrics.jsonl)")

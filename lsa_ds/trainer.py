@@ -81,9 +81,14 @@ def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: in
 
     out = {}
     engine.ds.eval()
+    logits_fn = hf_logits_fn(engine.module.lm)
     heldout = cache_windows(recipe, cache, max(lengths) + 1, recipe.eval.windows)
-    for n, r in perplexity_at(hf_logits_fn(engine.module.lm), heldout, lengths).items():
+    for n, r in perplexity_at(logits_fn, heldout, lengths).items():
         out[f"loss@{n}"], out[f"ppl@{n}"] = r.nll.mean, r.ppl
+    if len(recipe.data.sources) > 1:  # and each source's held-out text apart (natural text, a mixture)
+        for name, one in per_source(recipe, cache):
+            own = cache_windows(one, cache, max(lengths) + 1, recipe.eval.windows)
+            out.update({f"loss@{n}/{name}": r.nll.mean for n, r in perplexity_at(logits_fn, own, lengths).items()})
     mbs = recipe.train.micro_batch_size
     mine = [rank + k * world for k in range(math.ceil(recipe.eval.windows / world))]
     ids = [mine[i:i + mbs] for i in range(0, len(mine), mbs)]
@@ -96,6 +101,17 @@ def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: in
     pairs = max(sums["pair_count"], 1.0)
     out.update(misalign_sce=sums["sce_sum"] / pairs, misalign_skl=sums["skl_sum"] / pairs,
                ce_gap=sums["gap_sum"] / pairs)
+    return out
+
+
+def per_source(recipe: Recipe, cache) -> list[tuple[str, Recipe]]:
+    """(source name, the recipe restricted to that source) for each source with held-out documents."""
+    out = []
+    for src in recipe.data.sources:
+        if cache.store(src.name, "eval").num_docs:
+            one = recipe.model_copy(deep=True)
+            one.data.sources = [src]
+            out.append((src.name, one))
     return out
 
 

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", metavar="RECIPE",
                    help="recipe whose sources' eval split to use, tokenized with each model's tokenizer "
                         "(default: a run's own token cache; the builtin stdlib corpus for model folders)")
+    g.add_argument("--source", metavar="NAME",
+                   help="score only this source's held-out text (e.g. the natural text or a repeated-span mixture "
+                        "of a run's data; default: all sources, blended by weight)")
     g.add_argument("--length", type=int, help="training length L of model folders that are not runs "
                                               "(default: their max_position_embeddings; runs use train.seq_len)")
     g.add_argument("--lengths", help="perplexity context lengths in tokens, e.g. 256,512 (overrides multipliers)")
@@ -251,7 +254,7 @@ def main(argv: list[str]) -> int:
     plan = make_plan(args, targets)
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
-    heldout = HeldOut(load_recipe(args.data).data if args.data else None)
+    heldout = HeldOut(load_recipe(args.data).data if args.data else None, args.source)
     if plan.tasks & {"ppl", "misalign"}:
         for t in targets:
             heldout.check(t)  # a missing token cache fails now, not after the first model ran

@@ -134,8 +134,8 @@ class HeldOut:
     """Windows for one target, cached by (data, tokenizer, window, count): compared models that
     share a tokenizer and data read exactly the same windows, computed once."""
 
-    def __init__(self, data_override: DataConfig | None):
-        self.data_override = data_override
+    def __init__(self, data_override: DataConfig | None, source: str | None = None):
+        self.data_override, self.source_name = data_override, source
         self._cache: dict[tuple, np.ndarray] = {}
         self._token_caches: dict[str, object] = {}  # opening one fingerprints every source file
 
@@ -158,24 +158,38 @@ class HeldOut:
 
     def windows(self, target, window: int, count: int) -> np.ndarray:
         use_run = target.recipe is not None and self.data_override is None
-        data = target.recipe.data if use_run else self._folder_data(target)
+        data = self._only(target.recipe.data if use_run else self._folder_data(target))
         # a run's windows depend on its cache only (its own tokenizer was checked against it)
         key = (data.model_dump_json(), "cache" if use_run else target.tokenizer.fingerprint, window, count)
         if key not in self._cache:
             if use_run:
-                self._cache[key] = run_windows(target.recipe, target.run_dir, window, count, self._token_cache(target))
+                recipe = target.recipe.model_copy(deep=True)
+                recipe.data.sources = data.sources
+                self._cache[key] = run_windows(recipe, target.run_dir, window, count, self._token_cache(target))
             else:
                 self._cache[key] = text_windows(data, target.tokenizer, window, count)
         return self._cache[key]
+
+    def _only(self, data: DataConfig) -> DataConfig:
+        """`data`, restricted to the one source --source names (when given)."""
+        if self.source_name is None:
+            return data
+        chosen = [s for s in data.sources if s.name == self.source_name]
+        if not chosen:
+            raise UserError(f"--source {self.source_name}: no such source (have: {', '.join(s.name for s in data.sources)})")
+        out = data.model_copy(deep=True)
+        out.sources = chosen
+        return out
 
     def _folder_data(self, target) -> DataConfig:
         return self.data_override or getattr(target, "data", None) or DataConfig()
 
     def source(self, target) -> str:
         """Where a target's held-out text comes from, for the report (one sentence)."""
+        only = f", source {self.source_name} only" if self.source_name else ""
         if target.recipe is not None and self.data_override is None:
-            return "the run's token cache (eval split of its recipe's sources)"
-        data = self._folder_data(target)
+            return f"the run's token cache (eval split of its recipe's sources{only})"
+        data = self._only(self._folder_data(target))
         names = ", ".join(f"{s.name} ({s.type})" for s in data.sources)
         why = ("--data" if self.data_override else "recorded by its export (lsa_data.json)" if getattr(target, "data", None)
                else "the builtin default")
