@@ -236,7 +236,7 @@ class RopeConfig(_Section):
 
 class ModelConfig(_Section):
     preset: str | None = "tiny"
-    """A built-in architecture: tiny, demo, tiny-mistral, tiny-qwen2, llama2-7b (lsa_ds/model.py
+    """A built-in architecture: tiny, demo, demo-h64, tiny-mistral, tiny-qwen2, llama2-7b (lsa_ds/model.py
     PRESETS); ignored when `path` or `init_from` is set (set at most one of those two)."""
     path: str | None = None
     """A local Hugging Face checkpoint folder to continue from."""

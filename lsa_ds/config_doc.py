@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from typing import get_args
+
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -11,7 +13,7 @@ from lsa_ds.config import Recipe
 
 
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
-    rows = []
+    rows, later = [], []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         ann = field.annotation
@@ -28,9 +30,14 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows.append(f"\n### `{key}[]`\n\n| key | default | meaning |\n|---|---|---|")
             rows.extend(_rows(item, key + "[]."))
             continue
+        optional = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if optional is not None:  # an optional section (`repeat: {...}` or null): its keys after this table
+            rows.append(f"| `{key}` | `{default!r}` | {desc} Keys: `{key}.*` below. |")
+            later += [f"\n### `{key}`\n\n| key | default | meaning |\n|---|---|---|", *_rows(optional, key + ".")]
+            continue
         cell = "*required*" if default is PydanticUndefined else f"`{default!r}`"
         rows.append(f"| `{key}` | {cell} | {desc} |")
-    return rows
+    return rows + later
 
 
 def render() -> str:

@@ -39,6 +39,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"model_type": "llama", "hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 4,
              "num_key_value_heads": 4, "intermediate_size": 768, "max_position_embeddings": 128,
              "tie_word_embeddings": True},
+    # The demo's model: hidden 64, 2 layers, 4 heads, tied, ≈0.4M parameters at vocab 4096 (the
+    # calibration in docs/demo-calibration.md: as much context use as hidden 128 or 192 in minutes,
+    # at half the step time).
+    "demo-h64": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 4, "intermediate_size": 256, "max_position_embeddings": 128,
+                 "tie_word_embeddings": True},
     # Same size, other LLaMA-class families. Mistral's sliding window is off so attention over
     # long views means the same thing in every preset.
     "tiny-mistral": {"model_type": "mistral", **_SMALL, "sliding_window": None},
