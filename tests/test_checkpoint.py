@@ -178,12 +178,14 @@ def test_two_rank_checkpoint_resumes_on_one_rank_with_same_data_order(env):
 
 
 def test_export_matches_the_training_model_and_tokenizer_round_trips(env, tmp_path):
-    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lsa_ds.config import load_recipe
-    from lsa_ds.data import build_windows, open_cache
+    from lsa_ds.data import open_cache
+    from lsa_ds.eval.forward import hf_logits_fn
+    from lsa_ds.eval.heldout import cache_windows
+    from lsa_ds.eval.perplexity import perplexity_at
 
     out, _, _ = env
     run = out / "ref"
@@ -194,14 +196,14 @@ def test_export_matches_the_training_model_and_tokenizer_round_trips(env, tmp_pa
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "exp")
     recipe = load_recipe(run / "config.yaml")
     cache = open_cache(recipe.data)
-    windows = build_windows(recipe, cache, "eval", window=65)
-    ids = torch.tensor(np.stack([windows[i] for i in range(4)]))  # the held-out windows the run evaluated
+    windows = cache_windows(recipe, cache, 129, recipe.eval.windows)  # the held-out windows the run evaluated
+    ids = torch.tensor(windows[:, -65:])
     with torch.no_grad():
         la, lb = a(ids[:, :-1]).logits, b(ids[:, :-1]).logits
-        nll = torch.nn.functional.cross_entropy(la.reshape(-1, la.shape[-1]), ids[:, 1:].reshape(-1))
     torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
     _, evals = metrics(run)
-    assert nll.item() == pytest.approx(evals[-1]["loss@64"], abs=1e-4)
+    nll = perplexity_at(hf_logits_fn(a), windows, [64, 128])[64].nll.mean  # as the run scored it
+    assert nll == pytest.approx(evals[-1]["loss@64"], abs=1e-4)
     assert b.config.max_position_embeddings == 128
     tok = AutoTokenizer.from_pretrained(tmp_path / "exp")
     text = "def f(x):\n    return x  # héllo 🙂\n\n\tend"
