@@ -89,7 +89,7 @@ def _misalignment_md(models: list[dict]) -> list[str]:
     if not body:
         return []
     return ["## Long-short misalignment", "",
-            "last: contexts l1, l2 ~ U[L/2, L] ending at the same token, divergence at that position; overlap: "
+            "last: two different context lengths l1 != l2 in [L/2, L] ending at the same token, divergence at that position; overlap: "
             "context of L tokens versus the same cut by E ~ U[1, L/2], averaged over shared positions. "
             "Mean over samples with a 95% normal interval. SCE includes both entropies (2 × entropy for identical "
             "distributions); symmetric KL is 0 for identical ones.", "",
