@@ -86,11 +86,12 @@ def curves(row: dict) -> dict[str, dict[int, float]]:
     return {"all": length_keys(row), **source_losses(row)}
 
 
-def verdicts(rows: dict[str, dict], vocab: int, long_range: str) -> list[tuple[str, str]]:
+def verdicts(rows: dict[str, dict], vocab: int, long_range: str, natural: str = "all") -> list[tuple[str, str]]:
     """The demo's findings as (line, mark): PASS/FAIL for its promise that the base model learned
     (FAIL means something is broken), PASS/MISS for its aim that the extended models use context
     on `long_range` (the held-out data that measures long-range use), NOTE for what is reported
-    as measured."""
+    as measured. Comparisons across stages use `natural`, the held-out text every stage shares
+    (a repeated-span source differs between stages: its segments follow each stage's length)."""
     loss = {name: curves(row) for name, row in rows.items()}
     lengths = sorted(loss["base"]["all"])
     short, mid, long_ = lengths[0], lengths[len(lengths) // 2], lengths[-1]
@@ -108,12 +109,12 @@ def verdicts(rows: dict[str, dict], vocab: int, long_range: str) -> list[tuple[s
                         f"below its loss @{short} (the same final tokens; the aim is ≥ 0.1, which no calibrated world "
                         f"has reached yet: docs/demo-calibration.md){'; ' + beside if beside else ''}",
                         "PASS" if gain >= 0.1 else "MISS"))
-    out.append((f"base past its length: loss @{long_} − loss @{mid} on {long_range} = "
-                f"{get('base', long_range, long_) - get('base', long_range, mid):+.3f} (it was trained at {mid})", "NOTE"))
+    out.append((f"base past its length: loss @{long_} − loss @{mid} on {natural} = "
+                f"{get('base', natural, long_) - get('base', natural, mid):+.3f} (it was trained at {mid})", "NOTE"))
     if "more-steps" in loss and "extended" in loss:
-        out.append((f"more steps at {mid} instead of extension ({long_range}): loss @{long_} "
-                    f"{get('more-steps', long_range, long_):.3f} vs extended {get('extended', long_range, long_):.3f}; "
-                    f"@{mid} {get('more-steps', long_range, mid):.3f} vs {get('extended', long_range, mid):.3f} "
+        out.append((f"more steps at {mid} instead of extension ({natural}): loss @{long_} "
+                    f"{get('more-steps', natural, long_):.3f} vs extended {get('extended', natural, long_):.3f}; "
+                    f"@{mid} {get('more-steps', natural, mid):.3f} vs {get('extended', natural, mid):.3f} "
                     f"(what extension adds beyond training as long)", "NOTE"))
     if "extended-lsa" in rows and "extended" in rows:
         lsa, ref = rows["extended-lsa"], rows["extended"]
@@ -125,14 +126,16 @@ def verdicts(rows: dict[str, dict], vocab: int, long_range: str) -> list[tuple[s
     return out
 
 
-def summarise(stages: list[tuple[str, Path, int]], long_range: str = "all") -> tuple[bool, list[str]]:
+def summarise(stages: list[tuple[str, Path, int]], long_range: str = "all", natural: str = "all",
+              ) -> tuple[bool, list[str]]:
     """Print held-out loss (per held-out data) and misalignment per model, from the last
     in-training evaluation (measured as `lsa eval` does), and the verdict lines; returns
     (nothing FAILed, verdict lines)."""
     console = Console()
     rows = {stage: last_eval(run_dir) for stage, run_dir, _ in stages}
     lengths = sorted(curves(rows["base"])["all"])
-    table = Table(title="held-out loss of the same final tokens by context length")
+    table = Table(title="held-out loss of the same final tokens by context length (each run's own held-out data: "
+                        "natural text is the same for all, repeated spans follow each stage's length)")
     table.add_column("model")
     table.add_column("held-out data")
     for n in lengths:
@@ -145,7 +148,7 @@ def summarise(stages: list[tuple[str, Path, int]], long_range: str = "all") -> t
             table.add_row(stage if i == 0 else "", data, *[f"{by_len.get(n, float('nan')):.3f}" for n in lengths],
                           *(mis if i == 0 else ["", ""]))
     console.print(table)
-    found = verdicts(rows, stages[0][2], long_range)
+    found = verdicts(rows, stages[0][2], long_range, natural)
     colour = {"PASS": "green", "FAIL": "red", "MISS": "yellow", "NOTE": "cyan"}
     lines = []
     for text, mark in found:
@@ -154,19 +157,24 @@ def summarise(stages: list[tuple[str, Path, int]], long_range: str = "all") -> t
     return all(mark != "FAIL" for _, mark in found), lines
 
 
-def long_range_data(stage: Stage, overrides: list[str]) -> str:
-    """The held-out data the context-use promise is judged on: the first source with repeated
-    spans (the mixture's held-out part), else all held-out data."""
+def held_out_names(stage: Stage, overrides: list[str]) -> tuple[str, str]:
+    """(long-range, natural): the held-out data the context-use aim is judged on (the first source
+    with repeated spans: the mixture's held-out part) and the natural text every stage shares (the
+    first source without); "all" where a recipe has no such source."""
     recipe = load_recipe(RECIPES / stage.recipe, [*stage.overrides, *overrides])
-    return next((s.name for s in recipe.data.sources if s.repeat is not None), "all")
+    sources = recipe.data.sources if len(recipe.data.sources) > 1 else []
+    return (next((s.name for s in sources if s.repeat is not None), "all"),
+            next((s.name for s in sources if s.repeat is None), "all"))
 
 
-def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int) -> None:
-    """`lsa eval --compare` of the stages: perplexity vs length, passkey, misalignment, one report.
-    Light settings so the demo stays within its time budget on two CPU cores."""
+def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int, data: Path) -> None:
+    """`lsa eval --compare` of the stages on one held-out set (`data`: stage 2's recipe, so base and
+    extended models read the same windows): perplexity vs length, passkey, misalignment, paired
+    differences, one report. Light settings so the demo stays within its time budget on two cores."""
     from lsa_ds.eval import cli as eval_cli
 
     args = ["--compare", *[str(run) for _, run, _ in stages], "--out", str(out), "--threads", "1", "--no-progress",
+            "--data", str(data),
             "--baseline", next((run.name for name, run, _ in stages if name == BASELINE), stages[0][1].name),
             "--windows", str(windows),  # the in-training evaluation's windows: the same numbers
             "--length-multipliers", "0.5,1,2,4", "--passkey-samples", "2", "--passkey-depths", "0,0.5,1",
@@ -183,13 +191,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the final `lsa eval --compare` report")
     args = p.parse_args(argv)
     stages = run_stages(args.overrides, args.nproc)
-    ok, lines = summarise(stages, long_range_data(STAGES[1], args.overrides))
+    ok, lines = summarise(stages, *held_out_names(STAGES[1], args.overrides))
     if not args.no_eval:
         out = stages[-1][1].parent / "demo-eval"
-        compare(stages, out, load_recipe(stages[0][1] / "config.yaml").eval.windows)
+        compare(stages, out, load_recipe(stages[0][1] / "config.yaml").eval.windows, stages[1][1] / "config.yaml")
         report = out / "report.md"
         report.write_text(report.read_text() + "\n## The demo's verdict\n\nFrom each run's last in-training "
-                          "evaluation (the same held-out windows and final tokens as `lsa eval` reads; natural text "
-                          "and the mixture's held-out part apart).\n\n" + "\n".join(lines) + "\n")
+                          "evaluation, on its own recipe's held-out data (measured as `lsa eval` measures; natural "
+                          "text, the same for every run, and the repeated-span mixture apart).\n\n"
+                          + "\n".join(lines) + "\n")
         Console().print(f"evaluation report: {report} (plots beside it)")
     return 0 if ok else 1
