@@ -83,10 +83,18 @@ def _fsync_write(path: Path, text: str) -> None:
 
 
 def _fsync_tree(folder: Path) -> None:
+    """fsync every file of a checkpoint folder. Other ranks write into it meanwhile: their
+    temporaries (`.name.tmp-PID`, fsynced by their writer before the rename) are skipped, and a
+    file renamed away between listing and opening is fine (seen: rank 1 listed rank 0's
+    `.rng-rank0.json.tmp-*` just before it became `rng-rank0.json`, and the save died)."""
     for p in folder.rglob("*"):
-        if p.is_file():
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        try:
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
+        except FileNotFoundError:
+            continue
 
 
 def rng_state() -> dict:

@@ -210,3 +210,23 @@ def test_export_matches_the_training_model_and_tokenizer_round_trips(env, tmp_pa
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     assert tok(text, add_special_tokens=False)["input_ids"] == cache.tokenizer.encode_raw([text])[0]
     assert (tok.bos_token_id, tok.eos_token_id) == (cache.tokenizer.bos_id, cache.tokenizer.eos_id)
+
+
+def test_fsync_tree_skips_temporaries_and_files_renamed_away(tmp_path, monkeypatch):
+    """Another rank renames its temporary between our listing and our open: the save goes on."""
+    from lsa_ds import checkpoint
+
+    (tmp_path / "a.pt").write_bytes(b"x")
+    (tmp_path / ".rng-rank0.json.tmp-1").write_text("{}")
+    ghost = tmp_path / "gone.json"
+    ghost.write_text("{}")
+    real_open = open
+
+    def racing_open(path, *args, **kwargs):
+        if Path(path) == ghost:
+            raise FileNotFoundError(path)  # renamed by its writer after rglob listed it
+        assert not Path(path).name.startswith("."), path
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", racing_open)
+    checkpoint._fsync_tree(tmp_path)
