@@ -102,9 +102,10 @@ def inert_keys(recipe: Recipe) -> list[tuple[str, str]]:
     given = _set_keys(recipe)
     a, m, o, t = recipe.align, recipe.model, recipe.optim, recipe.train
     rules: list[tuple[str, bool, str]] = []
-    # shift_max and chunk_tokens act with alignment off too: windows keep L + shift_max + 1
-    # tokens in both arms, and the CE is chunked alike.
-    for key in ("alpha", "shift_min", "positions", "min_ratio", "divergence", "detach", "ce_views", "every"):
+    # With alignment off, shift_max and chunk_tokens still act (windows keep L + shift_max + 1
+    # tokens in both arms; the CE is chunked alike), and shift_min, positions and min_ratio still
+    # define the held-out misalignment every arm's evaluation measures.
+    for key in ("alpha", "divergence", "detach", "ce_views", "every"):
         rules.append((f"align.{key}", not a.enabled, "align.enabled is false"))
     if a.enabled:
         rules.append(("align.min_ratio", a.positions != "ratio", f"align.positions is {a.positions}, not ratio"))
