@@ -107,8 +107,8 @@ def inert_keys(recipe: Recipe) -> list[tuple[str, str]]:
     # define the held-out misalignment every arm's evaluation measures.
     for key in ("alpha", "divergence", "detach", "ce_views", "every"):
         rules.append((f"align.{key}", not a.enabled, "align.enabled is false"))
+    rules.append(("align.min_ratio", a.positions != "ratio", f"align.positions is {a.positions}, not ratio"))
     if a.enabled:
-        rules.append(("align.min_ratio", a.positions != "ratio", f"align.positions is {a.positions}, not ratio"))
         for key in ("divergence", "detach", "every"):
             rules.append((f"align.{key}", a.alpha == 0, "align.alpha is 0 (no divergence term)"))
     rules.append(("model.preset", bool(m.preset and (m.path or m.init_from)),
