@@ -63,11 +63,9 @@ def eval_lengths(recipe: Recipe) -> list[int]:
 
 def micro_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
     """Model inputs for one micro-batch: long view only (baseline) or long + short views."""
-    L, a = recipe.train.seq_len, recipe.align
-    if not a.enabled:
-        return make_views(windows, L)
-    shifts = draw_shifts(ids, recipe.train.seed, a.shift_min, recipe.shift_max)
-    return make_views(windows, L, shifts, positions=a.positions, min_ratio=a.min_ratio, ce_views=a.ce_views)
+    if not recipe.align.enabled:
+        return make_views(windows, recipe.train.seq_len)
+    return both_views(recipe, ids, windows, recipe.align.ce_views)
 
 
 def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: int, world: int) -> dict:
@@ -96,7 +94,7 @@ def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: in
     # of both views). Shifts keyed by held-out sample ids offset far from training ids: the same
     # every evaluation and in every arm, since windows hold L + shift_max + 1 tokens either way.
     windows = build_windows(recipe, cache, "eval")
-    sums = engine.eval_sums([eval_views(recipe, [EVAL_SHIFT_KEY + i for i in batch], np.stack([windows[i] for i in batch]))
+    sums = engine.eval_sums([both_views(recipe, [EVAL_SHIFT_KEY + i for i in batch], np.stack([windows[i] for i in batch]))
                              for batch in ids])
     pairs = max(sums["pair_count"], 1.0)
     out.update(misalign_sce=sums["sce_sum"] / pairs, misalign_skl=sums["skl_sum"] / pairs,
@@ -115,12 +113,12 @@ def per_source(recipe: Recipe, cache) -> list[tuple[str, Recipe]]:
     return out
 
 
-def eval_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
-    """Both views of held-out windows with the recipe's shift range and pair positions, whether or
-    not alignment trains (the baseline's misalignment is measured the same way)."""
+def both_views(recipe: Recipe, ids: list[int], windows: np.ndarray, ce_views: str = "both") -> dict:
+    """Both views of `windows` with the recipe's shift range and pair positions: a training micro-batch
+    with alignment on, and every arm's held-out misalignment (the baseline measured the same way)."""
     L, a = recipe.train.seq_len, recipe.align
     shifts = draw_shifts(ids, recipe.train.seed, a.shift_min, recipe.shift_max)
-    return make_views(windows, L, shifts, positions=a.positions, min_ratio=a.min_ratio)
+    return make_views(windows, L, shifts, positions=a.positions, min_ratio=a.min_ratio, ce_views=ce_views)
 
 
 class StopFlag:
