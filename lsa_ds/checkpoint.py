@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lsa_ds.adapters import uses_adapters
 from lsa_ds.config import Recipe, recipe_to_dict
 from lsa_ds.errors import UserError
 from lsa_ds.recipe_files import first_difference
@@ -135,7 +136,8 @@ def save(engine, run_dir: Path, recipe: Recipe, step: int, consumed_samples: int
     if rank == 0 and (ckpt_dir / tag).exists():
         shutil.rmtree(ckpt_dir / tag)  # an unfinished save of the same step from before a crash
     dist.barrier()
-    engine.ds.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
+    # With adapters only what trains is saved: the frozen base comes back from model.path/init_from.
+    engine.ds.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False, exclude_frozen_parameters=uses_adapters(recipe))
     folder = ckpt_dir / tag
     _fsync_write(folder / f"rng-rank{rank}.json", json.dumps(rng_state()))
     if rank == 0:
@@ -173,8 +175,8 @@ def read_client(ckpt_dir: Path, tag: str) -> dict:
 
 def load(engine, ckpt_dir: Path, tag: str, universal: bool) -> dict:
     """Collective: restore engine, optimizer, scheduler and this rank's RNG; returns client state."""
-    path, _ = engine.ds.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                        load_lr_scheduler_states=True)
+    path, _ = engine.ds.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True,
+                                        load_module_strict=not uses_adapters(engine.recipe))
     if path is None:
         raise UserError(f"{ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
     if universal:

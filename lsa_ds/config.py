@@ -234,6 +234,22 @@ class RopeConfig(_Section):
     """RoPE base (raise it for ABF); default the model's."""
 
 
+class LoraSettings(_Section):
+    r: int = Field(0, ge=0)
+    """LoRA rank; 0 trains every parameter (no adapters). With r > 0 the base weights are frozen
+    and only the adapters (and `model.extra_trainable`) train; needs `path` or `init_from`."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator: the update is (alpha / r) · B·A."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input."""
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_DEFAULT_TARGETS))
+    """Module names (last component) that get adapters; default the attention and MLP projections
+    of LLaMA-class models. LongLoRA's setting is the attention projections only."""
+
+
+LORA_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 class ModelConfig(_Section):
     preset: str | None = "tiny"
     """A built-in architecture: tiny, demo, demo-h64, tiny-mistral, tiny-qwen2, llama2-7b (lsa_ds/model.py
@@ -250,6 +266,20 @@ class ModelConfig(_Section):
     """Attention implementation."""
     activation_checkpointing: bool = False
     """Recompute layer activations in backward to save memory."""
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    """Low-rank adapters through `peft` (LoRA / LongLoRA); off while lora.r is 0."""
+    extra_trainable: list[str] = Field(default_factory=list)
+    """With adapters: parameters whose name contains one of these trained in full (LongLoRA's
+    "+": [embed_tokens, norm]; lm_head when it is not tied to the embeddings)."""
+    attn_pattern: Literal["full", "s2"] = "full"
+    """Attention while training: full, or LongLoRA's shifted sparse attention (S²-Attn; half the
+    heads within groups, half within groups shifted by half a group). Evaluation and the export
+    always use full attention."""
+    s2_group_ratio: float = Field(0.25, gt=0, le=1)
+    """For attn_pattern=s2: group size as a fraction of train.seq_len (LongLoRA: 1/4); the group
+    must divide seq_len and be even."""
+    load_in_4bit: bool = False
+    """QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (CUDA only; needs lora.r > 0)."""
 
 
 class CheckpointConfig(_Section):
@@ -367,28 +397,3 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 def default_rope_factor(seq_len: int, original_max: int) -> float:
     """ceil(L / original context), at least 1."""
     return float(max(1, math.ceil(seq_len / original_max)))
-
-
-def add_recipe_args(parser) -> None:
-    """The RECIPE positional, repeated `--set KEY=VALUE` and `--strict` every recipe-driven command takes."""
-    parser.add_argument("recipe", help="recipe YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse keys that are set but have no effect (by default: one warning line)")
-
-
-def recipe_from_args(args, warn: bool = True) -> Recipe:
-    """The recipe a command line names. Keys set without effect get one warning line (`warn`),
-    or an error with `--strict`."""
-    import sys
-
-    from lsa_ds.recipe_checks import inert_keys, inert_message
-
-    recipe = load_recipe(args.recipe, args.overrides)
-    inert = inert_keys(recipe) if (warn or args.strict) else []
-    if inert and args.strict:
-        raise UserError(f"{args.recipe}: {inert_message(inert)} (--strict)")
-    if inert:
-        print(f"warning: {args.recipe}: {inert_message(inert)}", file=sys.stderr)
-    return recipe

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lsa_ds.adapters import hf_of
 from lsa_ds.config import Recipe
 from lsa_ds.losses import IGNORE, alignment_losses
 
@@ -37,8 +38,13 @@ class LMWithLoss(nn.Module):
         self.lm = lm
         self.align = recipe.align
 
+    @property
+    def hf(self) -> nn.Module:
+        """The transformers model (inside the peft wrapper when adapters train)."""
+        return hf_of(self.lm)
+
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        decoder = getattr(self.lm, self.lm.base_model_prefix)
+        decoder = getattr(self.hf, self.hf.base_model_prefix)
         return decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
@@ -46,7 +52,7 @@ class LMWithLoss(nn.Module):
                 with_divergence: bool = True) -> dict[str, torch.Tensor]:
         hidden = self.hidden_states(input_ids, position_ids)
         a = self.align
-        return alignment_losses(hidden, labels, self.lm.get_output_embeddings(), pair_mask, shifts,
+        return alignment_losses(hidden, labels, self.hf.get_output_embeddings(), pair_mask, shifts,
                                 divergence=a.divergence, detach=a.detach, chunk_tokens=a.chunk_tokens,
                                 with_divergence=with_divergence)
 
@@ -75,6 +81,9 @@ def make_optimizer(recipe: Recipe, module: nn.Module) -> torch.optim.Optimizer:
             (no_decay if len(getattr(p, "ds_shape", p.shape)) < 2 else decay).append(p)
     o = recipe.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # An empty group (LoRA adapters are all matrices) is dropped by ZeRO, and the scheduler built
+    # on this optimizer would then count one group too many.
+    groups = [g for g in groups if g["params"]]
     if o.impl == "deepspeed":
         from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
 

@@ -4,6 +4,8 @@ Two ways in: at the end of training straight from the engine (ZeRO-3 shards gath
 and `lsa export RUN [--step N] --out DIR` from any saved checkpoint (DeepSpeed's zero_to_fp32).
 Either way the folder is written under a temporary name and renamed when complete, and plain
 `AutoModelForCausalLM.from_pretrained(DIR)` / `AutoTokenizer.from_pretrained(DIR)` load it.
+A run that trained adapters exports them merged into the base weights; `--adapter-only` (and
+`adapter/` at the end of training) is the PEFT folder instead (`lsa_ds.adapters`).
 """
 
 from __future__ import annotations
@@ -54,21 +56,50 @@ def write_hf_folder(model, state_dict: dict[str, torch.Tensor], tok: Tokenizer, 
 
 
 def export_from_engine(engine, lm, hf_config, tok: Tokenizer, out: Path) -> None:
-    """Collective: every rank takes part in gathering the weights; rank 0 writes."""
+    """Collective: every rank takes part in gathering the weights; rank 0 writes (with adapters:
+    the PEFT folder `adapter/` beside `out`, then `out` merged)."""
     import torch.distributed as dist
+
+    from lsa_ds import adapters
 
     state = engine.consolidated_state_dict()
     if dist.get_rank() == 0:
-        write_hf_folder(lm, state, tok, out, engine.recipe.data)
+        recipe = engine.recipe
+        if adapters.uses_adapters(recipe):
+            write_adapters(recipe, hf_config, state, tok, out.with_name(adapters.ADAPTER_DIR))
+            write_hf_folder(_meta_model(hf_config), adapters.merged_state_dict(recipe, hf_config, state), tok, out,
+                            recipe.data)
+        else:
+            write_hf_folder(lm, state, tok, out, recipe.data)
     dist.barrier()
 
 
-def export_checkpoint(run_dir: Path, step: int | None, out: Path) -> Path:
-    """Turn a saved checkpoint's ZeRO shards into an HF folder (one process, no DeepSpeed launch)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def write_adapters(recipe, hf_config, state: dict[str, torch.Tensor], tok: Tokenizer, out: Path) -> None:
+    """The PEFT adapter folder, with the run's tokenizer (so `lsa eval` of it needs nothing else)."""
+    from lsa_ds import adapters
+    from lsa_ds.model import checkpoint_dir
+
+    adapters.write_adapter_folder(recipe, hf_config, state, str(checkpoint_dir(recipe)), out)
+    to_hf_tokenizer(tok).save_pretrained(out)
+    (out / "lsa_tokenizer.json").write_text(json.dumps(tok.describe(), indent=2))
+    if tok.kind == "sentencepiece":
+        shutil.copy(tok.path, out / "tokenizer.model")
+    (out / "lsa_data.json").write_text(recipe.data.model_dump_json(indent=2))
+
+
+def _meta_model(hf_config):
+    """A weightless model of the architecture: what save_pretrained needs besides the state dict."""
     from transformers import AutoModelForCausalLM
 
-    from lsa_ds import checkpoint
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config)
+
+
+def export_checkpoint(run_dir: Path, step: int | None, out: Path, adapter_only: bool = False) -> Path:
+    """Turn a saved checkpoint's ZeRO shards into an HF folder (one process, no DeepSpeed launch)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from lsa_ds import adapters, checkpoint
     from lsa_ds.config import load_recipe
     from lsa_ds.data import open_cache
     from lsa_ds.model import build_hf_config
@@ -83,13 +114,19 @@ def export_checkpoint(run_dir: Path, step: int | None, out: Path) -> Path:
     if tag not in tags:
         raise UserError(f"{run_dir}: no complete checkpoint for step {step} (have: {', '.join(tags)})")
     recipe = load_recipe(run_dir / "config.yaml")
+    if adapter_only and not adapters.uses_adapters(recipe):
+        raise UserError(f"--adapter-only: {run_dir} trained every parameter (model.lora.r is 0); export it without --adapter-only")
     tok = open_cache(recipe.data).tokenizer
     hf_config = build_hf_config(recipe, tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id)
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     state = {k.removeprefix("lm."): v for k, v in state.items()}
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
-    write_hf_folder(model, state, tok, out, recipe.data)
+    if adapters.uses_adapters(recipe):  # the checkpoint holds what trained; the base comes from its folder
+        state = adapters.with_base_weights(recipe, hf_config, state)
+        if adapter_only:
+            write_adapters(recipe, hf_config, state, tok, out)
+            return out
+        state = adapters.merged_state_dict(recipe, hf_config, state)
+    write_hf_folder(_meta_model(hf_config), state, tok, out, recipe.data)
     return out
 
 
@@ -98,7 +135,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced if it exists)")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="a run that trained adapters: write the PEFT adapter folder (PeftModel.from_pretrained(base, "
+                        "OUT)) instead of the weights merged into the base")
     args = p.parse_args(argv)
-    out = export_checkpoint(args.run, args.step, args.out)
+    out = export_checkpoint(args.run, args.step, args.out, args.adapter_only)
     print(f"exported to {out}")
     return 0

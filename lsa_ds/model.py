@@ -9,6 +9,7 @@ Two steps, so the config can be recorded before any weights exist:
 2. `build_model(recipe, hf_config, ds_config)`: under ZeRO-3 an `HfDeepSpeedConfig` is made alive
    first so transformers partitions parameters while constructing and still runs its own weight
    init (a bare `deepspeed.zero.Init` skips it: embeddings come out with std 1.0, not 0.02).
+   With `model.lora.r > 0` the result is a peft model (`lsa_ds.adapters`).
 """
 
 from __future__ import annotations
@@ -217,10 +218,19 @@ def _pre_extension_length(existing: dict, model_max: int) -> int:
 
 
 def _attn_impl(recipe: Recipe) -> str:
-    impl = recipe.model.attn_impl
-    if impl == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+    m = recipe.model
+    if m.attn_impl == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise UserError("model.attn_impl=flash_attention_2: the flash_attn package is not installed (it needs CUDA); use sdpa")
-    return impl
+    if m.attn_pattern == "s2":
+        from lsa_ds import s2_attention
+
+        if m.attn_impl != "sdpa":
+            raise UserError(f"model.attn_pattern=s2 runs on SDPA; set model.attn_impl=sdpa (got {m.attn_impl})")
+        problem = s2_attention.check_group(recipe.train.seq_len, m.s2_group_ratio)
+        if problem:
+            raise UserError(problem)
+        return s2_attention.register(m.s2_group_ratio)  # training only: eval mode is plain SDPA
+    return m.attn_impl
 
 
 def rope_summary(hf_config: PretrainedConfig) -> dict[str, Any]:
@@ -258,6 +268,8 @@ def build_model(recipe: Recipe, hf_config: PretrainedConfig, ds_config: dict | N
     source = checkpoint_dir(recipe)
     # fp32 master weights: DeepSpeed casts to bf16/fp16 itself according to the ds config.
     common = {"dtype": torch.float32, "attn_implementation": hf_config._attn_implementation}
+    if recipe.model.load_in_4bit:  # QLoRA (refused earlier without CUDA and bitsandbytes)
+        common |= _four_bit()
     if source is None:
         model = AutoModelForCausalLM.from_config(hf_config, **common)
     else:
@@ -274,7 +286,21 @@ def build_model(recipe: Recipe, hf_config: PretrainedConfig, ds_config: dict | N
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     _assert_rope_effective(model, hf_config)
+    if recipe.model.lora.r:
+        from lsa_ds.adapters import add_adapters
+
+        model = add_adapters(recipe, model)
     return model
+
+
+def _four_bit() -> dict:
+    """from_pretrained arguments for a 4-bit NF4 base (QLoRA), as transformers documents it under
+    ZeRO-3: the quantized storage dtype equals the compute dtype, so ZeRO-3 can partition it."""
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+    return {"dtype": torch.bfloat16, "quantization_config": quant}
 
 
 def _assert_rope_effective(model: torch.nn.Module, hf_config: PretrainedConfig) -> None:

@@ -13,6 +13,8 @@ KNOWN_HARMLESS_WARNINGS = [
     # DeepSpeed 0.19's ZeRO-3 calls the collectives torch 2.13 renamed; same operation, new name.
     (FutureWarning, r"`torch\.distributed\.all_gather_into_tensor` is deprecated", r"torch\.distributed\.c10d_logger"),
     (FutureWarning, r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", r"torch\.distributed\.c10d_logger"),
+    # peft 0.21 reads transformers 5.24's renamed property by its old name (adapters only).
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
 ]
 """(category, message regex, module regex) of each warning filtered."""
 

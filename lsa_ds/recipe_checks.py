@@ -2,7 +2,8 @@
 for a typo), and which keys the user set that do nothing under the resolved recipe.
 
 Used by the loader (`lsa_ds.config.load_recipe`: unknown keys in files and `--set`), by sweep
-files (grid and `set:` keys) and by every recipe-driven command (`--strict`).
+files (grid and `set:` keys) and by every recipe-driven command (`--strict`), whose RECIPE /
+`--set` / `--strict` arguments are read here too (`add_recipe_args`, `recipe_from_args`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import get_args, get_origin
 
 from pydantic import BaseModel
 
-from lsa_ds.config import Recipe
+from lsa_ds.config import Recipe, load_recipe
+from lsa_ds.errors import UserError
 
 
 def section_model(annotation) -> type[BaseModel] | None:
@@ -113,6 +115,9 @@ def inert_keys(recipe: Recipe) -> list[tuple[str, str]]:
             rules.append((f"align.{key}", a.alpha == 0, "align.alpha is 0 (no divergence term)"))
     rules.append(("model.preset", bool(m.preset and (m.path or m.init_from)),
                   "model.path or model.init_from gives the architecture; set model.preset: null"))
+    for key in ("lora.alpha", "lora.dropout", "lora.target_modules", "extra_trainable"):
+        rules.append((f"model.{key}", m.lora.r == 0, "model.lora.r is 0 (no adapters)"))
+    rules.append(("model.s2_group_ratio", m.attn_pattern != "s2", f"model.attn_pattern is {m.attn_pattern}, not s2"))
     rules.append(("train.token_budget", t.max_steps is not None, "train.max_steps is set and wins"))
     rules.append(("optim.min_lr_ratio", o.schedule == "constant", "optim.schedule is constant"))
     tok = recipe.data.tokenizer
@@ -136,3 +141,27 @@ def inert_keys(recipe: Recipe) -> list[tuple[str, str]]:
 def inert_message(inert: list[tuple[str, str]]) -> str:
     """One line naming every inert key and why."""
     return "set but without effect: " + "; ".join(f"{k} ({why})" for k, why in inert)
+
+
+# ------------------------------------------------------------------ the command line
+def add_recipe_args(parser) -> None:
+    """The RECIPE positional, repeated `--set KEY=VALUE` and `--strict` every recipe-driven command takes."""
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse keys that are set but have no effect (by default: one warning line)")
+
+
+def recipe_from_args(args, warn: bool = True) -> Recipe:
+    """The recipe a command line names. Keys set without effect get one warning line (`warn`),
+    or an error with `--strict`."""
+    import sys
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    inert = inert_keys(recipe) if (warn or args.strict) else []
+    if inert and args.strict:
+        raise UserError(f"{args.recipe}: {inert_message(inert)} (--strict)")
+    if inert:
+        print(f"warning: {args.recipe}: {inert_message(inert)}", file=sys.stderr)
+    return recipe

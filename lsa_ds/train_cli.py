@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from lsa_ds.cli_help import command_parser
-from lsa_ds.config import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
+from lsa_ds.config import Recipe, recipe_to_dict
+from lsa_ds.recipe_checks import add_recipe_args, recipe_from_args
 from lsa_ds.distributed import default_accelerator, exit_rank, free_port
 from lsa_ds.errors import UserError
 
@@ -62,8 +63,9 @@ def default_nproc() -> int:
 def check_static(recipe: Recipe, world: int) -> dict:
     """Everything that can be refused without the data: the DeepSpeed config, the step budget, the
     sources' and tokenizer's paths, the model config (architecture, checkpoint folder, RoPE,
-    attention). `--dry-run` and the real start run this same pass, before any tokenizing.
+    attention, adapters). `--dry-run` and the real start run this same pass, before any tokenizing.
     Returns the resolved DeepSpeed config."""
+    from lsa_ds.adapters import check_adapters
     from lsa_ds.data.sources import source_fingerprint
     from lsa_ds.ds_config import resolve_ds_config
     from lsa_ds.model import build_hf_config
@@ -76,7 +78,8 @@ def check_static(recipe: Recipe, world: int) -> dict:
     tok = recipe.data.tokenizer
     if tok.path and not Path(tok.path).expanduser().exists():
         raise UserError(f"data.tokenizer.path: '{tok.path}' not found")
-    build_hf_config(recipe, None, None, None, None)  # vocabulary unknown yet: checked again below
+    hf_config = build_hf_config(recipe, None, None, None, None)  # vocabulary unknown yet: checked again below
+    check_adapters(recipe, hf_config)
     return ds_config
 
 

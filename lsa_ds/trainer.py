@@ -79,7 +79,7 @@ def evaluate(engine: Engine, recipe: Recipe, cache, lengths: list[int], rank: in
 
     out = {}
     engine.ds.eval()
-    logits_fn = hf_logits_fn(engine.module.lm)
+    logits_fn = hf_logits_fn(engine.module.hf)
     heldout = cache_windows(recipe, cache, max(lengths) + 1, recipe.eval.windows)
     for n, r in perplexity_at(logits_fn, heldout, lengths).items():
         out[f"loss@{n}"], out[f"ppl@{n}"] = r.nll.mean, r.ppl
@@ -139,13 +139,14 @@ class StopFlag:
 
 
 def _record_run(run_dir: Path, lm, hf_config, cache, world: int, steps: int) -> None:
-    from lsa_ds.model import count_params, local_param_numel, rope_summary
+    from lsa_ds.adapters import parameter_counts
+    from lsa_ds.model import local_param_numel, rope_summary
 
     held = torch.tensor([local_param_numel(lm)], dtype=torch.float64)
     per_rank = [torch.zeros_like(held) for _ in range(world)]
     dist.all_gather(per_rank, held)
     if dist.get_rank() == 0:
-        info = {"world_size": world, "steps": steps, "params": count_params(lm), "rope": rope_summary(hf_config),
+        info = {"world_size": world, "steps": steps, **parameter_counts(lm), "rope": rope_summary(hf_config),
                 "params_per_rank": [int(t.item()) for t in per_rank], "torch": torch.__version__,
                 "token_cache": str(cache.folder), "vocab_size": cache.tokenizer.vocab_size}
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))

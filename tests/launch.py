@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -28,3 +29,39 @@ def metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train rows, eval rows) of a run's metrics.jsonl."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r.get("kind") != "eval"], [r for r in rows if r.get("kind") == "eval"]
+
+
+def per_step(run: Path) -> dict[int, tuple[float, list]]:
+    train, _ = metrics(run)
+    steps = [r["step"] for r in train]
+    assert len(steps) == len(set(steps)), f"a step logged twice: {steps}"
+    return {r["step"]: (r["loss"], r["sample_ids"]) for r in train}
+
+
+def start(recipe: Path, args: list[str], extra_env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lsa_ds.cli", "train", str(recipe), *args, "--nproc", "2"],
+                            env={**os.environ, **ENV, **(extra_env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `lsa train` and everything under it (the runner has a session of its own), as when a
+    node dies."""
+    import psutil
+
+    for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").is_file() and any(json.loads(line).get("step", 0) >= step
+                                                     for line in (run / "metrics.jsonl").read_text().splitlines()):
+            return
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} never logged")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 
 from lsa_ds import cli
 from tests.conftest import SMALL_DATA
-from tests.launch import ENV, lsa, metrics, sets
+from tests.launch import kill_tree, lsa, metrics, per_step, sets, start, wait_for_step
 
 pytestmark = pytest.mark.deepspeed
 
@@ -36,42 +34,6 @@ def env(tmp_path_factory, prepared, data_cache_dir):
     recipe.write_text("align: {enabled: true, alpha: 0.1}\n")
     lsa("train", str(recipe), *common(out, data_cache_dir, "ref"), "--nproc", "2")
     return out, recipe, data_cache_dir
-
-
-def per_step(run: Path) -> dict[int, tuple[float, list]]:
-    train, _ = metrics(run)
-    steps = [r["step"] for r in train]
-    assert len(steps) == len(set(steps)), f"a step logged twice: {steps}"
-    return {r["step"]: (r["loss"], r["sample_ids"]) for r in train}
-
-
-def start(recipe: Path, args: list[str], extra_env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lsa_ds.cli", "train", str(recipe), *args, "--nproc", "2"],
-                            env={**os.environ, **ENV, **(extra_env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL `lsa train` and everything under it (the runner has a session of its own), as when a
-    node dies."""
-    import psutil
-
-    for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
-def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (run / "metrics.jsonl").is_file() and any(json.loads(line).get("step", 0) >= step
-                                                     for line in (run / "metrics.jsonl").read_text().splitlines()):
-            return
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} never logged")
 
 
 def test_sigkill_anywhere_then_resume_is_bit_identical(env):

@@ -4,7 +4,8 @@ A *run* (`runs/<name>/` with config.yaml and an hf/ export, or that hf/ folder i
 training length (train.seq_len), its held-out data (the recipe's token cache), its final training
 loss (metrics.jsonl) and a default output folder (runs/<name>/eval). A plain *model* folder needs
 config.json, weights and a tokenizer; its training length is --length or its
-max_position_embeddings.
+max_position_embeddings. A PEFT adapter folder (adapter_config.json: a run's adapter/, `lsa export
+--adapter-only`) is a model folder too: its base is loaded, the adapters merged into it.
 
 Tokenizer: an lsa-ds export's own SentencePiece `tokenizer.model` (framing from lsa_tokenizer.json:
 token for token what the run's cache holds), else AutoTokenizer when the folder has files it reads
@@ -115,7 +116,26 @@ def _final_train_loss(run_dir: Path) -> float | None:
     return final_train_loss(read_rows(path)) if path.is_file() else None
 
 
+def _is_adapter(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file()
+
+
+def _config_dir(folder: Path) -> Path:
+    """Where the model's config.json is: the folder, or for adapters without one, their base."""
+    if _is_adapter(folder) and not (folder / "config.json").is_file():
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+        return Path(base)
+    return folder
+
+
 def _check_hf_folder(folder: Path, shown: str) -> None:
+    if _is_adapter(folder):
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise UserError(f"{shown}: adapter folder without adapter_model.safetensors")
+        base = Path(json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "")
+        if not (base / "config.json").is_file():
+            raise UserError(f"{shown}: the adapters' base model {str(base)!r} (adapter_config.json) is not a local model folder")
+        return
     if not (folder / "config.json").is_file():
         raise UserError(f"{shown}: not a Hugging Face model folder (no config.json) "
                         "and not a run directory (no config.yaml)")
@@ -133,10 +153,10 @@ def resolve(path: str, length: int | None = None) -> Target:
     run_dir = None
     if (p / "config.yaml").is_file():
         run_dir = p
-    elif p.name == "hf" and (p.parent / "config.yaml").is_file():  # a run's export given directly
+    elif p.name in ("hf", "adapter") and (p.parent / "config.yaml").is_file():  # a run's export given directly
         run_dir = p.parent
     if run_dir is not None:
-        hf = run_dir / "hf"
+        hf = p if p.name == "adapter" else run_dir / "hf"  # the adapters score as their merged hf/ does
         if not (hf / "config.json").is_file():
             raise UserError(f"{run_dir}: run has no hf/ export yet (did training finish?)")
         _check_hf_folder(hf, str(hf))
@@ -152,7 +172,7 @@ def resolve(path: str, length: int | None = None) -> Target:
     from transformers import AutoConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(str(hf), local_files_only=True)
+        cfg = AutoConfig.from_pretrained(str(_config_dir(hf)), local_files_only=True)
     except (OSError, ValueError) as e:
         raise UserError(f"{hf}/config.json: cannot load ({' '.join(str(e).split())[:200]})") from None
     if run_dir is None:
@@ -189,9 +209,14 @@ def load_model(target: Target, device: torch.device, dtype: torch.dtype, attn: s
     """The target's weights as an eval-mode causal LM on `device`."""
     from transformers import AutoModelForCausalLM
 
+    from lsa_ds.adapters import load_adapter_folder
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(target.hf_dir), dtype=dtype, attn_implementation=attn,
-                                                     local_files_only=True)
+        if _is_adapter(target.hf_dir):  # merged once: evaluation then runs a plain model
+            model = load_adapter_folder(target.hf_dir, dtype, attn).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(target.hf_dir), dtype=dtype, attn_implementation=attn,
+                                                         local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         why = " ".join(str(e).split())[:200]
         raise UserError(f"{target.hf_dir}: cannot load the model ({type(e).__name__}: {why})") from None

@@ -7,7 +7,7 @@ Call it on every rank (work is split across ranks, results are the same everywhe
     from lsa_ds.eval import hf_logits_fn
     from lsa_ds.eval.training import cheap_eval
     engine.ds.eval()
-    row = cheap_eval(hf_logits_fn(engine.module.lm), recipe, cache)
+    row = cheap_eval(hf_logits_fn(engine.module.hf), recipe, cache)
     log.write({"kind": "eval", "step": step, **row})
 """
 

@@ -1,0 +1,197 @@
+"""Low-rank adapters (LoRA, LongLoRA's "+") through `peft`, on a model ZeRO-3 already partitioned.
+
+`model.lora.r > 0` freezes the base weights, wraps the HF model with `peft.get_peft_model` and
+unfreezes `model.extra_trainable` parameters in place (LongLoRA's own way: embeddings and norms
+train in full; peft's `modules_to_save` would copy them and untie tied embeddings). The adapters
+are created after ZeRO-3 partitioned the base; `deepspeed.initialize` partitions them like any
+other parameter left unpartitioned, and the optimizer only ever sees what trains.
+
+Checkpoints hold only what trains (`exclude_frozen_parameters`): the frozen base comes back from
+`model.path` / `model.init_from`, which is why adapters need one of them. Exports either merge
+the adapters into the base (a plain transformers folder) or write a PEFT adapter folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lsa_ds.config import Recipe
+from lsa_ds.errors import UserError
+
+ADAPTER_DIR = "adapter"
+"""The PEFT adapter folder a run writes next to hf/ when it ends (`lsa export --adapter-only` from a
+checkpoint writes the same)."""
+
+
+def uses_adapters(recipe: Recipe) -> bool:
+    return recipe.model.lora.r > 0
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def hf_of(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PeftModel (adapters injected in place), or the model itself."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+# ----------------------------------------------------------------------------------- checks
+def check_adapters(recipe: Recipe, hf_config) -> None:
+    """Refuse what cannot train, before any rank starts: QLoRA without CUDA/bitsandbytes, adapters
+    without pretrained weights or without peft, targets and extra_trainable patterns matching
+    nothing (checked on a meta-device copy of the architecture: no memory, any size)."""
+    m = recipe.model
+    if m.load_in_4bit:
+        if not uses_adapters(recipe):
+            raise UserError("model.load_in_4bit: a 4-bit base cannot train in full; QLoRA trains adapters (set model.lora.r > 0)")
+        missing = [name for name, ok in (("CUDA", torch.cuda.is_available()),
+                                          ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes")))
+                   if not ok]
+        if missing:
+            raise UserError(f"model.load_in_4bit: QLoRA needs {' and '.join(missing)}, which this machine does not have")
+        if recipe.train.precision != "bf16":
+            raise UserError(f"model.load_in_4bit: QLoRA computes in bf16; set train.precision=bf16 (got {recipe.train.precision})")
+    if not uses_adapters(recipe):
+        return
+    if importlib.util.find_spec("peft") is None:
+        raise UserError("model.lora.r: the peft package is not installed (pip install peft)")
+    if not (m.path or m.init_from):
+        raise UserError(f"model.lora.r={m.lora.r}: adapters train on top of pretrained weights; set model.path or model.init_from")
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(hf_config)
+    modules = [name for name, _ in meta.named_modules()]
+    linear = sorted({name.rsplit(".", 1)[-1] for name, mod in meta.named_modules() if isinstance(mod, nn.Linear)})
+    unmatched = [t for t in m.lora.target_modules if not any(n == t or n.endswith("." + t) for n in modules)]
+    if unmatched or not m.lora.target_modules:
+        raise UserError(f"model.lora.target_modules: {unmatched or '[]'} match no module of {type(meta).__name__} "
+                        f"(its linear layers: {', '.join(linear)})")
+    names = [name for name, _ in meta.named_parameters()]  # tied weights once, under the embedding's name
+    for pattern in m.extra_trainable:
+        if not any(pattern in name for name in names):
+            tied = " (the output layer is tied to the embeddings here: train embed_tokens)" if "lm_head" in pattern else ""
+            raise UserError(f"model.extra_trainable: {pattern!r} matches no parameter of {type(meta).__name__}{tied}")
+
+
+# ---------------------------------------------------------------------------------- building
+def lora_config(recipe: Recipe):
+    from peft import LoraConfig
+
+    lo = recipe.model.lora
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=list(lo.target_modules),
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def add_adapters(recipe: Recipe, model: nn.Module) -> nn.Module:
+    """Wrap `model` with LoRA adapters and unfreeze `extra_trainable`; returns the PeftModel.
+    Every rank builds the same adapter init (the caller seeded torch)."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, lora_config(recipe))
+    for pattern in recipe.model.extra_trainable:
+        for name, param in peft_model.named_parameters():
+            if pattern in name and "lora_" not in name:
+                param.requires_grad_(True)
+    return peft_model
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameters (full sizes under ZeRO-3, tied weights once)."""
+    numel = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
+    return {"trainable_params": sum(n for n, t in numel if t), "params": sum(n for n, _ in numel)}
+
+
+# ----------------------------------------------------------------------------------- exports
+def _cpu_peft_model(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The adapted model on CPU holding `state` (keys as the PeftModel's), no copy of the weights."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # a plain CPU model: nothing may partition it
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(hf_config)
+        model = get_peft_model(base, lora_config(recipe))
+    _, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()  # a tied output layer absent from `state` shares the embedding again
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    if missing or unexpected:
+        raise RuntimeError(f"adapted state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+def with_base_weights(recipe: Recipe, hf_config, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The whole adapted state from a checkpoint's trained parameters (adapters, extra_trainable)
+    and the frozen base read from model.path / init_from, keys as the PeftModel's."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from lsa_ds.model import checkpoint_dir
+
+    unset_hf_deepspeed_config()
+    base = AutoModelForCausalLM.from_pretrained(checkpoint_dir(recipe), config=hf_config, dtype=torch.float32)
+    model = add_adapters(recipe, base)
+    want = {name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}  # tied: both names
+    if want - trained.keys() or trained.keys() - want:
+        raise UserError(f"the checkpoint's trained parameters do not match model.lora / model.extra_trainable "
+                        f"(missing {sorted(want - trained.keys())[:2]}, extra {sorted(trained.keys() - want)[:2]})")
+    model.load_state_dict(trained, strict=False)
+    return model.state_dict()
+
+
+def merged_state_dict(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapters merged into the base weights: a state dict plain transformers loads."""
+    merged = _cpu_peft_model(recipe, hf_config, state).merge_and_unload()
+    return {k: v.contiguous() for k, v in merged.state_dict().items()}
+
+
+def write_adapter_folder(recipe: Recipe, hf_config, state: dict[str, torch.Tensor], base: str, out: Path) -> None:
+    """A PEFT folder `PeftModel.from_pretrained(base_model, out)` loads: adapter_config.json and
+    adapter_model.safetensors (the adapters plus the `extra_trainable` parameters under their
+    PeftModel names, which peft's loader passes straight to load_state_dict), written atomically.
+    config.json is the run's (extended RoPE): load the base with it."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    model = _cpu_peft_model(recipe, hf_config, state)
+    adapters = get_peft_model_state_dict(model)
+    extra = {name: param for name, param in model.named_parameters()
+             if any(p in name for p in recipe.model.extra_trainable) and "lora_" not in name}
+    tensors = {k: v.detach().contiguous() for k, v in {**adapters, **extra}.items()}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = str(Path(base).resolve())
+    config.save_pretrained(tmp)
+    save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+    hf_config.save_pretrained(tmp)
+    (tmp / "lsa_adapter.json").write_text(json.dumps({"base": config.base_model_name_or_path,
+                                                      "extra_trainable": list(recipe.model.extra_trainable),
+                                                      "tensors": len(tensors)}, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def load_adapter_folder(folder: Path, dtype=torch.float32, attn: str = "sdpa") -> nn.Module:
+    """A model from a PEFT adapter folder: its base (adapter_config.json) loaded with the folder's
+    config (the run's RoPE), then `PeftModel.from_pretrained`."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = PeftConfig.from_pretrained(folder).base_model_name_or_path
+    if not base or not Path(base, "config.json").is_file():
+        raise UserError(f"{folder}: the adapters' base model {base!r} (adapter_config.json) is not a local model folder")
+    cfg = AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
+    model = AutoModelForCausalLM.from_pretrained(base, config=cfg, dtype=dtype, attn_implementation=attn)
+    return PeftModel.from_pretrained(model, folder)
