@@ -104,12 +104,6 @@ def add_adapters(recipe: Recipe, model: nn.Module) -> nn.Module:
     return peft_model
 
 
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Trainable and total parameters (full sizes under ZeRO-3, tied weights once)."""
-    numel = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
-    return {"trainable_params": sum(n for n, t in numel if t), "params": sum(n for n, _ in numel)}
-
-
 # ----------------------------------------------------------------------------------- exports
 def _cpu_peft_model(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]) -> nn.Module:
     """The adapted model on CPU holding `state` (keys as the PeftModel's), no copy of the weights."""
@@ -174,7 +168,11 @@ def write_adapter_folder(recipe: Recipe, hf_config, state: dict[str, torch.Tenso
     config.base_model_name_or_path = str(Path(base).resolve())
     config.save_pretrained(tmp)
     save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
-    hf_config.save_pretrained(tmp)
+    use_cache, hf_config.use_cache = hf_config.use_cache, True  # for inference, as hf/ (write_hf_folder)
+    try:
+        hf_config.save_pretrained(tmp)
+    finally:
+        hf_config.use_cache = use_cache
     (tmp / "lsa_adapter.json").write_text(json.dumps({"base": config.base_model_name_or_path,
                                                       "extra_trainable": list(recipe.model.extra_trainable),
                                                       "tensors": len(tensors)}, indent=2))

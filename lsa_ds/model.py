@@ -330,9 +330,10 @@ def expected_inv_freq(hf_config: PretrainedConfig) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------- counting
-def count_params(model: torch.nn.Module) -> int:
-    """Total parameters (tied weights once); under ZeRO-3 the full size, not the local shard."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+def count_params(model: torch.nn.Module, trainable: bool = False) -> int:
+    """Total parameters (tied weights once), or only those that train; under ZeRO-3 the full
+    size, not the local shard."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad or not trainable)
 
 
 def local_param_numel(model: torch.nn.Module) -> int:

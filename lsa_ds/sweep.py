@@ -53,14 +53,17 @@ def train_command(point: Point) -> list[str]:
 
 
 def write_recipes(sweep: Sweep, folder: Path) -> list[Path]:
-    """Each point's resolved recipe as a standalone file `lsa train` loads; plus sweep.json."""
+    """Each point's resolved recipe (its non-default keys) as a standalone file `lsa train` loads;
+    plus sweep.json. The run's config.yaml records every key."""
     (folder / "recipes").mkdir(parents=True, exist_ok=True)
     files = []
     for p in sweep.points:
         file = folder / "recipes" / f"{p.name}.yaml"
         head = (f"# Point {p.index} of sweep {sweep.name} ({_shown(sweep.path)}), written by `lsa sweep`.\n"
                 f"# {_shown(sweep.base)} with: {' '.join(p.overrides)}\n")
-        file.write_text(head + yaml.safe_dump(recipe_to_dict(p.recipe), sort_keys=False))
+        # Only what differs from the defaults: `lsa train` then warns about a key set without effect
+        # only when the sweep really set it (a fully resolved file "sets" every key).
+        file.write_text(head + yaml.safe_dump(p.recipe.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
         files.append(file)
     manifest = {"sweep": sweep.name, "ablation": str(sweep.path), "base": str(sweep.base), "grid": sweep.grids,
                 "points": [{"name": p.name, "values": p.values, "overrides": p.overrides, "run_dir": str(p.run_dir),

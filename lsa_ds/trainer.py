@@ -139,14 +139,14 @@ class StopFlag:
 
 
 def _record_run(run_dir: Path, lm, hf_config, cache, world: int, steps: int) -> None:
-    from lsa_ds.adapters import parameter_counts
-    from lsa_ds.model import local_param_numel, rope_summary
+    from lsa_ds.model import count_params, local_param_numel, rope_summary
 
     held = torch.tensor([local_param_numel(lm)], dtype=torch.float64)
     per_rank = [torch.zeros_like(held) for _ in range(world)]
     dist.all_gather(per_rank, held)
     if dist.get_rank() == 0:
-        info = {"world_size": world, "steps": steps, **parameter_counts(lm), "rope": rope_summary(hf_config),
+        info = {"world_size": world, "steps": steps, "params": count_params(lm),
+                "trainable_params": count_params(lm, trainable=True), "rope": rope_summary(hf_config),
                 "params_per_rank": [int(t.item()) for t in per_rank], "torch": torch.__version__,
                 "token_cache": str(cache.folder), "vocab_size": cache.tokenizer.vocab_size}
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))

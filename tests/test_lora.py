@@ -19,6 +19,8 @@ pytestmark = pytest.mark.deepspeed
 
 STEPS = 8
 TARGETS = "[q_proj, v_proj]"  # LongLoRA's attention-only setting: k, o and the MLP stay untouched
+PLAIN = ("align.enabled=false", "model.attn_pattern=s2", "model.rope.type=linear", "train.seq_len=128",
+         "model.activation_checkpointing=true")
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +64,14 @@ def common(out: Path, cache: Path, base: Path, name: str, *extra: str) -> list[s
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_cache_dir, base_model):
-    """LongLoRA's setting (LoRA on q and v, embeddings and norms trained in full) with alignment on,
-    and the same with alignment off and S²-Attn (group 16 of 64) in training."""
+    """LongLoRA's setting (LoRA on q and v, embeddings and norms trained in full) with alignment on;
+    and a LongLoRA extension without alignment: 64 -> 128 tokens by linear RoPE ×2, S²-Attn (groups
+    of 32) in training, activation checkpointing."""
     out = tmp_path_factory.mktemp("lora-runs")
     recipe = out / "r.yaml"
     recipe.write_text("align: {enabled: true, alpha: 0.1}\n")
     lsa("train", str(recipe), *common(out, data_cache_dir, base_model, "lsa"), "--nproc", "2")
-    lsa("train", str(recipe), *common(out, data_cache_dir, base_model, "plain", "align.enabled=false",
-                                      "model.attn_pattern=s2"), "--nproc", "2")
+    lsa("train", str(recipe), *common(out, data_cache_dir, base_model, "plain", *PLAIN), "--nproc", "2")
     return out, recipe
 
 
@@ -96,9 +98,9 @@ def test_only_adapters_and_extra_trainable_change_and_counts_are_recorded(runs, 
 
 
 def test_alignment_on_and_off_both_train_with_falling_loss(runs, base_model):
-    """Held-out loss of the final model below the base's on the same windows and tokens (the
-    base scored in-process exactly as the runs' evaluation scores)."""
-    from transformers import AutoModelForCausalLM
+    """Held-out loss at L of the final model below the base's (with the run's RoPE) on the same
+    windows and tokens, the base scored in-process exactly as the runs' evaluation scores."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from lsa_ds.config import load_recipe
     from lsa_ds.data import open_cache
@@ -107,14 +109,16 @@ def test_alignment_on_and_off_both_train_with_falling_loss(runs, base_model):
     from lsa_ds.eval.perplexity import perplexity_at
 
     out, _ = runs
-    recipe = load_recipe(out / "lsa" / "config.yaml")
-    windows = cache_windows(recipe, open_cache(recipe.data), 129, recipe.eval.windows)
-    with torch.no_grad():
-        before = perplexity_at(hf_logits_fn(AutoModelForCausalLM.from_pretrained(base_model).eval()), windows, [64, 128])[64].nll.mean
     for name in ("lsa", "plain"):
+        recipe = load_recipe(out / name / "config.yaml")
+        L = recipe.train.seq_len
+        windows = cache_windows(recipe, open_cache(recipe.data), 2 * L + 1, recipe.eval.windows)
+        base = AutoModelForCausalLM.from_pretrained(base_model, config=AutoConfig.from_pretrained(out / name / "hf")).eval()
+        with torch.no_grad():
+            before = perplexity_at(hf_logits_fn(base), windows, [L, 2 * L])[L].nll.mean
         train, evals = metrics(out / name)
         assert all(r["ce"] == r["ce"] for r in train)
-        assert evals[-1]["loss@64"] < before - 0.03, (name, before, [e["loss@64"] for e in evals])
+        assert evals[-1][f"loss@{L}"] < before - 0.03, (name, before, [e[f"loss@{L}"] for e in evals])
     lsa_rows, _ = metrics(out / "lsa")
     assert all(r["misalign_sce"] is not None and r["divergence_applied"] for r in lsa_rows)
 
@@ -140,6 +144,22 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(runs, data_cache_dir,
     proc.wait()
     lsa("train", str(recipe), *args, "--resume", "--nproc", "2")
     assert per_step(out / "killed") == per_step(out / "lsa")
+
+
+def test_a_two_rank_adapter_checkpoint_resumes_on_one_rank(runs, data_cache_dir, base_model):
+    """The universal-checkpoint path (another world size) restores the adapters and norms, not a
+    fresh init: one rank continues exactly as two ranks do from the same checkpoint."""
+    import shutil
+
+    out, recipe = runs
+    got = {}
+    for nproc in ("2", "1"):
+        name = f"plain-more-{nproc}"
+        shutil.copytree(out / "plain", out / name)
+        args = common(out, data_cache_dir, base_model, name, *PLAIN, f"train.max_steps={STEPS + 2}")
+        lsa("train", str(recipe), *args, "--resume", "--nproc", nproc)
+        got[nproc] = {step: loss for step, (loss, _) in per_step(out / name).items()}
+    assert got["1"][STEPS + 1] == pytest.approx(got["2"][STEPS + 1], abs=1e-4)
 
 
 def test_merged_and_adapter_only_exports_equal_the_adapted_model(runs, tmp_path):

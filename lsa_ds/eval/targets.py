@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lsa_ds.adapters import ADAPTER_DIR
 from lsa_ds.config import DataConfig, Recipe, load_recipe
 from lsa_ds.data.tokenizer import SPM_FILE, Tokenizer
 from lsa_ds.errors import UserError
@@ -153,10 +154,10 @@ def resolve(path: str, length: int | None = None) -> Target:
     run_dir = None
     if (p / "config.yaml").is_file():
         run_dir = p
-    elif p.name in ("hf", "adapter") and (p.parent / "config.yaml").is_file():  # a run's export given directly
+    elif p.name in ("hf", ADAPTER_DIR) and (p.parent / "config.yaml").is_file():  # a run's export given directly
         run_dir = p.parent
     if run_dir is not None:
-        hf = p if p.name == "adapter" else run_dir / "hf"  # the adapters score as their merged hf/ does
+        hf = p if p.name == ADAPTER_DIR else run_dir / "hf"  # the adapters score as their merged hf/ does
         if not (hf / "config.json").is_file():
             raise UserError(f"{run_dir}: run has no hf/ export yet (did training finish?)")
         _check_hf_folder(hf, str(hf))
