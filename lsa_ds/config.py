@@ -196,6 +196,9 @@ class TrainConfig(_Section):
     """Collective timeout: when a rank dies, the others stop within about this many seconds."""
     ds_config: str = "zero3"
     """DeepSpeed template: a name in ds_configs/ (zero3, zero3_offload, zero2) or a JSON path."""
+    sequence_parallel: int = Field(1, ge=1)
+    """Ulysses sequence parallelism: groups of this many consecutive ranks share every sequence
+    (each holds L / N tokens of it); data parallelism is world / N (README "Long sequences")."""
 
 
 class OptimConfig(_Section):

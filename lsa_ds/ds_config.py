@@ -71,21 +71,28 @@ def zero_stage(ds: dict[str, Any] | None) -> int:
 
 
 def resolve_ds_config(recipe: Recipe, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config for `recipe` on `world_size` data-parallel ranks, every "auto" filled."""
+    """The DeepSpeed config for `recipe` on `world_size` ranks (world / train.sequence_parallel of
+    them data-parallel), every "auto" filled."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     template, path = load_template(recipe.train.ds_config)
     ds = copy.deepcopy(template)
     t = recipe.train
+    sp = t.sequence_parallel
+    if world_size % sp:
+        raise UserError(f"train.sequence_parallel={sp}: the world size {world_size} is not divisible by it")
+    dp = world_size // sp  # the ranks of one sequence-parallel group share every window
 
-    # Batch: DeepSpeed asserts train_batch = micro × accum × world, so fill all three consistently.
+    # Batch: DeepSpeed asserts train_batch = micro × accum × data-parallel ranks, so fill all three consistently.
     _fill(ds, "train_micro_batch_size_per_gpu", t.micro_batch_size, path, "train.micro_batch_size")
     _fill(ds, "gradient_accumulation_steps", t.grad_accum, path, "train.grad_accum")
-    total = t.micro_batch_size * t.grad_accum * world_size
+    total = t.micro_batch_size * t.grad_accum * dp
     _fill(
         ds, "train_batch_size", total, path,
-        f"train.micro_batch_size × train.grad_accum × world_size = {t.micro_batch_size} × {t.grad_accum} × {world_size}",
+        f"train.micro_batch_size × train.grad_accum × data-parallel ranks = {t.micro_batch_size} × {t.grad_accum} × {dp}",
     )
+    if sp > 1:
+        _sequence_parallel(ds, sp, path)
     _fill(ds, "gradient_clipping", float(t.grad_clip), path, "train.grad_clip")
 
     _resolve_precision(ds, recipe, path)
@@ -104,6 +111,20 @@ def resolve_ds_config(recipe: Recipe, world_size: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- helpers
+def _sequence_parallel(ds: dict, sp: int, path: Path) -> None:
+    """Ulysses under ZeRO-3: zero.Init counts the batch over world / sp only when the config says
+    sequence_parallel_size, and the engine's loss scaling (lsa_ds.sequence_parallel) relies on
+    ZeRO-3's reduce-scatter averaging gradients over every rank, SP ranks included."""
+    ds["sequence_parallel_size"] = sp
+    zero = ds.get("zero_optimization") or {}
+    if zero.get("stage") != 3:
+        raise UserError(f"{path}: train.sequence_parallel={sp} needs ZeRO stage 3 (got stage {zero.get('stage', 0)})")
+    if zero.get("reduce_scatter", True) is not True:
+        raise UserError(f"{path}: train.sequence_parallel={sp} needs zero_optimization.reduce_scatter true "
+                        f"(the gradient average the loss scaling assumes)")
+    zero["reduce_scatter"] = True
+
+
 def _fill(ds: dict, key: str, want: Any, path: Path, source: str, section: str | None = None) -> None:
     """Set `key` to `want` when absent or "auto"; refuse a literal that differs from it."""
     node = ds if section is None else ds[section]

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lsa_ds import sequence_parallel
 from lsa_ds.adapters import hf_of
 from lsa_ds.config import Recipe
 from lsa_ds.losses import IGNORE, alignment_losses
@@ -37,6 +38,8 @@ class LMWithLoss(nn.Module):
         super().__init__()
         self.lm = lm
         self.align = recipe.align
+        self.sp = sequence_parallel.size(recipe)
+        self.sp_rank = dist.get_rank() % self.sp if self.sp > 1 else 0  # groups of consecutive ranks
 
     @property
     def hf(self) -> nn.Module:
@@ -50,11 +53,31 @@ class LMWithLoss(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
                 pair_mask: torch.Tensor | None = None, shifts: torch.Tensor | None = None,
                 with_divergence: bool = True) -> dict[str, torch.Tensor]:
-        hidden = self.hidden_states(input_ids, position_ids)
+        if self.sp > 1 and self.training:
+            return self._sp_forward(input_ids, labels, position_ids, pair_mask, shifts, with_divergence)
+        return self._losses(self.hidden_states(input_ids, position_ids), labels, pair_mask, shifts, with_divergence)
+
+    def _losses(self, hidden, labels, pair_mask, shifts, with_divergence) -> dict[str, torch.Tensor]:
         a = self.align
         return alignment_losses(hidden, labels, self.hf.get_output_embeddings(), pair_mask, shifts,
                                 divergence=a.divergence, detach=a.detach, chunk_tokens=a.chunk_tokens,
                                 with_divergence=with_divergence)
+
+    def _sp_forward(self, input_ids, labels, position_ids, pair_mask, shifts, with_divergence):
+        """This rank's columns [r·c, (r+1)·c) of every row through the decoder (Ulysses attention
+        inside); with pairs, the long rows rotated across the group (hidden states by the pair
+        exchange, labels locally: every rank has them) so each pair sits at one slot, shifts 0."""
+        L = input_ids.shape[1]
+        c = L // self.sp
+        cols = slice(self.sp_rank * c, (self.sp_rank + 1) * c)
+        hidden = self.hidden_states(input_ids[:, cols], position_ids[:, cols])
+        if pair_mask is None:
+            return self._losses(hidden, labels[:, cols], None, None, with_divergence)
+        B = pair_mask.shape[0]
+        long_h = sequence_parallel.rotate_long(hidden[:B], shifts, L, sequence_parallel.group())
+        long_y = sequence_parallel.rotated_labels(labels[:B], shifts)[:, cols]
+        return self._losses(torch.cat([long_h, hidden[B:]]), torch.cat([long_y, labels[B:, cols]]),
+                            pair_mask[:, cols], torch.zeros_like(shifts), with_divergence)
 
 
 def lr_lambda(recipe: Recipe, total_steps: int):
@@ -130,8 +153,9 @@ class Engine:
         optimizer = make_optimizer(recipe, self.module)
         self._group_weight_decay = [g["weight_decay"] for g in optimizer.param_groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, total_steps))
+        mpu = sequence_parallel.register(recipe, self.module.hf)  # None without sequence parallelism
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=self.module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+            model=self.module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu)
         self.world = dist.get_world_size()
         self.device = self.ds.device
 
@@ -163,7 +187,8 @@ class Engine:
             micro_batches = [{k: v for k, v in mb.items() if k not in ("pair_mask", "shifts")} for mb in micro_batches]
         tokens = sum(int((torch.as_tensor(mb["labels"]) != IGNORE).sum()) for mb in micro_batches)
         pairs = sum(int(torch.as_tensor(mb["pair_mask"]).sum()) for mb in micro_batches if "pair_mask" in mb)
-        tokens, pairs = self._global_sum([tokens, pairs])
+        # every rank of a sequence-parallel group holds the whole micro-batch: count it once
+        tokens, pairs = (x / self.module.sp for x in self._global_sum([tokens, pairs]))
         k = self.world * ga  # undoes DeepSpeed's 1/grad_accum and rank averaging (see module doc)
         sums = dict.fromkeys(("ce_sum", "div_sum", "sce_sum", "skl_sum", "gap_sum"), 0.0)
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step uses (the scheduler moves it on)

@@ -65,6 +65,7 @@ def check_static(recipe: Recipe, world: int) -> dict:
     sources' and tokenizer's paths, the model config (architecture, checkpoint folder, RoPE,
     attention, adapters). `--dry-run` and the real start run this same pass, before any tokenizing.
     Returns the resolved DeepSpeed config."""
+    from lsa_ds import sequence_parallel
     from lsa_ds.adapters import check_adapters
     from lsa_ds.data.sources import source_fingerprint
     from lsa_ds.ds_config import resolve_ds_config
@@ -80,6 +81,7 @@ def check_static(recipe: Recipe, world: int) -> dict:
         raise UserError(f"data.tokenizer.path: '{tok.path}' not found")
     hf_config = build_hf_config(recipe, None, None, None, None)  # vocabulary unknown yet: checked again below
     check_adapters(recipe, hf_config)
+    sequence_parallel.check(recipe, hf_config, world)
     return ds_config
 
 

@@ -51,8 +51,9 @@ def total_steps(recipe: Recipe, world: int) -> int:
     t = recipe.train
     if t.max_steps:
         return t.max_steps
-    if t.token_budget:
-        return max(1, math.ceil(t.token_budget / (t.micro_batch_size * t.grad_accum * world * t.seq_len)))
+    if t.token_budget:  # windows per step: micro × accum × data-parallel ranks
+        dp = world // t.sequence_parallel
+        return max(1, math.ceil(t.token_budget / (t.micro_batch_size * t.grad_accum * dp * t.seq_len)))
     raise UserError("train.max_steps or train.token_budget must be set")
 
 
@@ -167,7 +168,10 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None
     engine = Engine(recipe, ds_config, lm, steps)
     _record_run(run_dir, lm, hf_config, cache, world, steps)
 
-    loader = WindowLoader(build_windows(recipe, cache), recipe.train.micro_batch_size, recipe.train.grad_accum, rank, world)
+    # The ranks of a sequence-parallel group read the same windows (each trains its slice of them).
+    sp = recipe.train.sequence_parallel
+    loader = WindowLoader(build_windows(recipe, cache), recipe.train.micro_batch_size, recipe.train.grad_accum,
+                          rank // sp, world // sp)
     start, skipped_total = 0, 0
     if resume_tag:
         universal = bool(ds_config.get("checkpoint", {}).get("load_universal"))
