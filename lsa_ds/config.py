@@ -269,6 +269,10 @@ class ModelConfig(_Section):
     """Attention implementation."""
     activation_checkpointing: bool = False
     """Recompute layer activations in backward to save memory."""
+    activation_offload: bool = False
+    """Keep the activations saved for backward (the checkpoints) in CPU memory during the forward."""
+    tiled_mlp: bool = False
+    """Run every MLP over sequence shards of ~hidden_size tokens (DeepSpeed TiledMLP, recomputed in backward)."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
     """Low-rank adapters through `peft` (LoRA / LongLoRA); off while lora.r is 0."""
     extra_trainable: list[str] = Field(default_factory=list)
@@ -350,33 +354,9 @@ class Recipe(_Section):
 
 
 # ---------------------------------------------------------------------------------- loading
-def _format_validation_error(err: ValidationError, source: str, overrides: list[str] = ()) -> str:
-    """One line for the first error, attributed to the `--set` that gave the key when one did."""
-    from lsa_ds.recipe_checks import did_you_mean
-
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(recipe)"
-    keys = [a.partition("=")[0] for a in overrides]
-    culprit = next((k for k in reversed(keys) if loc == k or loc.startswith(k + ".")), None)
-    if culprit is not None:
-        source = f"--set {culprit}"
-    elif keys and loc == "(recipe)":  # a check across keys: the file and the overrides together
-        source = f"{source} with --set {', '.join(keys)}"
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        return f"{source}: unknown key '{loc}'{did_you_mean(loc)}"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    msg = first["msg"].removeprefix("Value error, ")
-    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
-    if loc == "(recipe)":
-        return f"{source}: {msg}{more}"
-    return f"{source}: {loc}: {msg}{shown}{more}"
-
-
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """Load a recipe file (or the defaults when `path` is None), apply `--set` overrides, validate."""
-    from lsa_ds.recipe_checks import schema_problem
+    from lsa_ds.recipe_checks import schema_problem, validation_message
 
     source = str(path) if path else "(defaults)"
     tree = load_tree(Path(path)) if path else {}
@@ -389,7 +369,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     try:
         return Recipe.model_validate(tree)
     except ValidationError as e:
-        raise UserError(_format_validation_error(e, source, list(overrides))) from None
+        raise UserError(validation_message(e, source, list(overrides))) from None
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -26,6 +26,7 @@ from lsa_ds import sequence_parallel
 from lsa_ds.adapters import hf_of
 from lsa_ds.config import Recipe
 from lsa_ds.losses import IGNORE, alignment_losses
+from lsa_ds.memory import offloaded_activations
 
 
 class LMWithLoss(nn.Module):
@@ -39,6 +40,7 @@ class LMWithLoss(nn.Module):
         self.lm = lm
         self.align = recipe.align
         self.sp = sequence_parallel.size(recipe)
+        self.offload = recipe.model.activation_offload
         self.sp_rank = dist.get_rank() % self.sp if self.sp > 1 else 0  # groups of consecutive ranks
 
     @property
@@ -48,7 +50,8 @@ class LMWithLoss(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         decoder = getattr(self.hf, self.hf.base_model_prefix)
-        return decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        with offloaded_activations(self.offload and self.training):
+            return decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
                 pair_mask: torch.Tensor | None = None, shifts: torch.Tensor | None = None,

@@ -285,6 +285,10 @@ def build_model(recipe: Recipe, hf_config: PretrainedConfig, ds_config: dict | N
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if recipe.model.tiled_mlp:
+        from lsa_ds.memory import tile_mlps
+
+        tile_mlps(model)
     _assert_rope_effective(model, hf_config)
     if recipe.model.lora.r:
         from lsa_ds.adapters import add_adapters

@@ -12,7 +12,7 @@ import difflib
 from functools import cache
 from typing import get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from lsa_ds.config import Recipe, load_recipe
 from lsa_ds.errors import UserError
@@ -81,6 +81,28 @@ def schema_problem(key: str, what: str = "recipe key") -> str | None:
             return f"'{'.'.join(parts[:i + 1])}' is {what}, not a section"
         model = sub
     return None
+
+
+def validation_message(err: ValidationError, source: str, overrides: list[str] = ()) -> str:
+    """One line for the first error, attributed to the `--set` that gave the key when one did."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+    keys = [a.partition("=")[0] for a in overrides]
+    culprit = next((k for k in reversed(keys) if loc == k or loc.startswith(k + ".")), None)
+    if culprit is not None:
+        source = f"--set {culprit}"
+    elif keys and loc == "(recipe)":  # a check across keys: the file and the overrides together
+        source = f"{source} with --set {', '.join(keys)}"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'{did_you_mean(loc)}"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    if loc == "(recipe)":
+        return f"{source}: {msg}{more}"
+    return f"{source}: {loc}: {msg}{shown}{more}"
 
 
 # ------------------------------------------------------------------------------ inert keys

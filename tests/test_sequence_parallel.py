@@ -138,3 +138,25 @@ def test_impossible_sequence_parallel_settings_are_refused_before_anything_start
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and expect in err, err
     assert not out.exists()
+
+
+@pytest.mark.deepspeed
+def test_four_ranks_dp2_x_sp2_train_as_two_data_parallel_ranks_do(tmp_path, prepared, data_cache_dir):
+    """SP groups {0, 1} and {2, 3} read the windows of data-parallel ranks 0 and 1."""
+    import json
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("align: {enabled: true, alpha: 0.1}\n")
+    short = sets("train.max_steps=3", "checkpoint.every_steps=100")
+    lsa("train", str(recipe), *common(tmp_path, data_cache_dir, "dp2sp2"), *short, "--nproc", "4")
+    lsa("train", str(recipe), *common(tmp_path, data_cache_dir, "dp2", "train.sequence_parallel=1"), *short, "--nproc", "2")
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("dp2sp2", "dp2")}
+    assert len(rows["dp2"]) == len(rows["dp2sp2"]) == 4  # 3 steps and the final evaluation
+    for a, b in zip(rows["dp2sp2"], rows["dp2"]):
+        if a.get("kind") == "eval":
+            assert a["loss@64"] == pytest.approx(b["loss@64"], abs=1e-5)
+            continue
+        assert a["sample_ids"] == b["sample_ids"]
+        for key in ("loss", "misalign_sce", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
