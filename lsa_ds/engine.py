@@ -6,9 +6,11 @@ autograd graph, one backward (what ZeRO-3's parameter and gradient hooks expect)
 projection is called as a module, so ZeRO-3 gathers its sharded weight chunk by chunk.
 
 Normalisation: losses come back as (sum, count). DeepSpeed divides gradients by grad_accum and
-averages them over data-parallel ranks, so a micro-step's backward uses
+averages them over the ranks (all of them: with sequence parallelism ZeRO-3's reduce-scatter
+averages over the SP ranks too), so a micro-step's backward uses
 `sum * world * grad_accum / global_count`; the result is the exact token-weighted mean over the
-whole optimizer step, however tokens fall across micro-batches and ranks.
+whole optimizer step, however tokens fall across micro-batches and ranks. Under sequence
+parallelism each rank computes the sums of its slice, and the counts are taken once per SP group.
 """
 
 from __future__ import annotations
