@@ -156,10 +156,16 @@ def test_a_two_rank_adapter_checkpoint_resumes_on_one_rank(runs, data_cache_dir,
     for nproc in ("2", "1"):
         name = f"plain-more-{nproc}"
         shutil.copytree(out / "plain", out / name)
-        args = common(out, data_cache_dir, base_model, name, *PLAIN, f"train.max_steps={STEPS + 2}")
+        # the same global batch of 8 windows: micro 2 × accum 2 × 2 ranks, or micro 2 × accum 4 × 1 rank
+        args = common(out, data_cache_dir, base_model, name, *PLAIN, f"train.max_steps={STEPS + 2}",
+                      f"train.grad_accum={4 // int(nproc)}")
         lsa("train", str(recipe), *args, "--resume", "--nproc", nproc)
-        got[nproc] = {step: loss for step, (loss, _) in per_step(out / name).items()}
-    assert got["1"][STEPS + 1] == pytest.approx(got["2"][STEPS + 1], abs=1e-4)
+        got[nproc] = per_step(out / name)
+    one, two = got["1"][STEPS + 1], got["2"][STEPS + 1]
+    first = STEPS * 8  # the step's windows: all of them on one rank, rank 0's share of them on two
+    assert sorted(i for ids in one[1] for i in ids) == list(range(first, first + 8))
+    assert {i for ids in two[1] for i in ids} < set(range(first, first + 8))
+    assert one[0] == pytest.approx(two[0], abs=1e-4)
 
 
 def test_merged_and_adapter_only_exports_equal_the_adapted_model(runs, tmp_path):
