@@ -105,16 +105,18 @@ def add_adapters(recipe: Recipe, model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------- exports
-def _cpu_peft_model(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The adapted model on CPU holding `state` (keys as the PeftModel's), no copy of the weights."""
+# An export builds the adapted model on CPU once (from the engine's gathered weights, or from a
+# checkpoint's trained parameters over the base), writes the PEFT folder from it, then merges it.
+def adapted_from_state(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The adapted model on CPU holding `state` (keys as the PeftModel's: the engine's gathered
+    weights), without copying them."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()  # a plain CPU model: nothing may partition it
     with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(hf_config)
-        model = get_peft_model(base, lora_config(recipe))
+        model = get_peft_model(AutoModelForCausalLM.from_config(hf_config), lora_config(recipe))
     _, unexpected = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()  # a tied output layer absent from `state` shares the embedding again
     missing = [name for name, p in model.named_parameters() if p.is_meta]
@@ -123,32 +125,32 @@ def _cpu_peft_model(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]) -
     return model
 
 
-def with_base_weights(recipe: Recipe, hf_config, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The whole adapted state from a checkpoint's trained parameters (adapters, extra_trainable)
-    and the frozen base read from model.path / init_from, keys as the PeftModel's."""
+def adapted_from_checkpoint(recipe: Recipe, hf_config, trained: dict[str, torch.Tensor]) -> nn.Module:
+    """The adapted model on CPU from a checkpoint's trained parameters (adapters, extra_trainable)
+    over the frozen base read again from model.path / init_from."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     from lsa_ds.model import checkpoint_dir
 
     unset_hf_deepspeed_config()
-    base = AutoModelForCausalLM.from_pretrained(checkpoint_dir(recipe), config=hf_config, dtype=torch.float32)
-    model = add_adapters(recipe, base)
+    model = add_adapters(recipe, AutoModelForCausalLM.from_pretrained(checkpoint_dir(recipe), config=hf_config,
+                                                                      dtype=torch.float32))
     want = {name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}  # tied: both names
     if want - trained.keys() or trained.keys() - want:
         raise UserError(f"the checkpoint's trained parameters do not match model.lora / model.extra_trainable "
                         f"(missing {sorted(want - trained.keys())[:2]}, extra {sorted(trained.keys() - want)[:2]})")
     model.load_state_dict(trained, strict=False)
-    return model.state_dict()
+    return model
 
 
-def merged_state_dict(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The adapters merged into the base weights: a state dict plain transformers loads."""
-    merged = _cpu_peft_model(recipe, hf_config, state).merge_and_unload()
-    return {k: v.contiguous() for k, v in merged.state_dict().items()}
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters merged into the base weights (in place: call it last): a state dict plain
+    transformers loads."""
+    return {k: v.contiguous() for k, v in model.merge_and_unload().state_dict().items()}
 
 
-def write_adapter_folder(recipe: Recipe, hf_config, state: dict[str, torch.Tensor], base: str, out: Path) -> None:
+def write_adapter_folder(recipe: Recipe, model: nn.Module, hf_config, base: str, out: Path) -> None:
     """A PEFT folder `PeftModel.from_pretrained(base_model, out)` loads: adapter_config.json and
     adapter_model.safetensors (the adapters plus the `extra_trainable` parameters under their
     PeftModel names, which peft's loader passes straight to load_state_dict), written atomically.
@@ -156,7 +158,6 @@ def write_adapter_folder(recipe: Recipe, hf_config, state: dict[str, torch.Tenso
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    model = _cpu_peft_model(recipe, hf_config, state)
     adapters = get_peft_model_state_dict(model)
     extra = {name: param for name, param in model.named_parameters()
              if any(p in name for p in recipe.model.extra_trainable) and "lora_" not in name}

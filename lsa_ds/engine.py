@@ -43,7 +43,6 @@ class LMWithLoss(nn.Module):
         self.align = recipe.align
         self.sp = sequence_parallel.size(recipe)
         self.offload = recipe.model.activation_offload
-        self.sp_rank = dist.get_rank() % self.sp if self.sp > 1 else 0  # groups of consecutive ranks
 
     @property
     def hf(self) -> nn.Module:
@@ -72,14 +71,14 @@ class LMWithLoss(nn.Module):
         """This rank's columns [r·c, (r+1)·c) of every row through the decoder (Ulysses attention
         inside); with pairs, the long rows rotated across the group (hidden states by the pair
         exchange, labels locally: every rank has them) so each pair sits at one slot, shifts 0."""
-        L = input_ids.shape[1]
-        c = L // self.sp
-        cols = slice(self.sp_rank * c, (self.sp_rank + 1) * c)
+        L, group = input_ids.shape[1], sequence_parallel.group()
+        c, r = L // self.sp, dist.get_rank(group)
+        cols = slice(r * c, (r + 1) * c)
         hidden = self.hidden_states(input_ids[:, cols], position_ids[:, cols])
         if pair_mask is None:
             return self._losses(hidden, labels[:, cols], None, None, with_divergence)
         B = pair_mask.shape[0]
-        long_h = sequence_parallel.rotate_long(hidden[:B], shifts, L, sequence_parallel.group())
+        long_h = sequence_parallel.rotate_long(hidden[:B], shifts, L, group)
         long_y = sequence_parallel.rotated_labels(labels[:B], shifts)[:, cols]
         return self._losses(torch.cat([long_h, hidden[B:]]), torch.cat([long_y, labels[B:, cols]]),
                             pair_mask[:, cols], torch.zeros_like(shifts), with_divergence)

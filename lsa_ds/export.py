@@ -66,20 +66,21 @@ def export_from_engine(engine, lm, hf_config, tok: Tokenizer, out: Path) -> None
     if dist.get_rank() == 0:
         recipe = engine.recipe
         if adapters.uses_adapters(recipe):
-            write_adapters(recipe, hf_config, state, tok, out.with_name(adapters.ADAPTER_DIR))
-            write_hf_folder(_meta_model(hf_config), adapters.merged_state_dict(recipe, hf_config, state), tok, out,
-                            recipe.data)
+            model = adapters.adapted_from_state(recipe, hf_config, state)
+            write_adapters(recipe, model, hf_config, tok, out.with_name(adapters.ADAPTER_DIR))
+            write_hf_folder(_meta_model(hf_config), adapters.merged_state_dict(model), tok, out, recipe.data)
         else:
             write_hf_folder(lm, state, tok, out, recipe.data)
     dist.barrier()
 
 
-def write_adapters(recipe, hf_config, state: dict[str, torch.Tensor], tok: Tokenizer, out: Path) -> None:
-    """The PEFT adapter folder, with the run's tokenizer (so `lsa eval` of it needs nothing else)."""
+def write_adapters(recipe, model, hf_config, tok: Tokenizer, out: Path) -> None:
+    """The PEFT adapter folder of the adapted CPU `model`, with the run's tokenizer (so `lsa eval`
+    of it needs nothing else)."""
     from lsa_ds import adapters
     from lsa_ds.model import checkpoint_dir
 
-    adapters.write_adapter_folder(recipe, hf_config, state, str(checkpoint_dir(recipe)), out)
+    adapters.write_adapter_folder(recipe, model, hf_config, str(checkpoint_dir(recipe)), out)
     to_hf_tokenizer(tok).save_pretrained(out)
     (out / "lsa_tokenizer.json").write_text(json.dumps(tok.describe(), indent=2))
     if tok.kind == "sentencepiece":
@@ -121,11 +122,11 @@ def export_checkpoint(run_dir: Path, step: int | None, out: Path, adapter_only: 
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     state = {k.removeprefix("lm."): v for k, v in state.items()}
     if adapters.uses_adapters(recipe):  # the checkpoint holds what trained; the base comes from its folder
-        state = adapters.with_base_weights(recipe, hf_config, state)
+        model = adapters.adapted_from_checkpoint(recipe, hf_config, state)
         if adapter_only:
-            write_adapters(recipe, hf_config, state, tok, out)
+            write_adapters(recipe, model, hf_config, tok, out)
             return out
-        state = adapters.merged_state_dict(recipe, hf_config, state)
+        state = adapters.merged_state_dict(model)
     write_hf_folder(_meta_model(hf_config), state, tok, out, recipe.data)
     return out
 

@@ -41,8 +41,9 @@ def size(recipe) -> int:
     return recipe.train.sequence_parallel
 
 
-def check(recipe, hf_config, world: int) -> None:
-    """Refuse, before anything starts, what Ulysses cannot shard."""
+def check(recipe, hf_config) -> None:
+    """Refuse, before anything starts, what Ulysses cannot shard (`resolve_ds_config` refuses a
+    world size N does not divide first, where it splits the batch)."""
     n = size(recipe)
     if n == 1:
         return
@@ -50,7 +51,6 @@ def check(recipe, hf_config, world: int) -> None:
     heads = hf_config.num_attention_heads
     kv = getattr(hf_config, "num_key_value_heads", None) or heads
     problems = [
-        (world % n, f"the world size {world} is not divisible by train.sequence_parallel={n}"),
         (L % n, f"train.seq_len={L} is not divisible by train.sequence_parallel={n}"),
         (heads % n, f"the model's {heads} attention heads are not divisible by train.sequence_parallel={n}"),
         (kv % n and n % kv, f"the model's {kv} key/value heads and train.sequence_parallel={n}: one must divide the other"),

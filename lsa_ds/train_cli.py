@@ -81,7 +81,7 @@ def check_static(recipe: Recipe, world: int) -> dict:
         raise UserError(f"data.tokenizer.path: '{tok.path}' not found")
     hf_config = build_hf_config(recipe, None, None, None, None)  # vocabulary unknown yet: checked again below
     check_adapters(recipe, hf_config)
-    sequence_parallel.check(recipe, hf_config, world)
+    sequence_parallel.check(recipe, hf_config)
     return ds_config
 
 
