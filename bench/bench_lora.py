@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from lsa_ds.distributed import exit_rank, free_port, init_distributed
+from lsa_ds.distributed import exit_rank, init_distributed
+from ranks import run_ranks  # bench/ranks.py, beside this script
 
 VARIANTS = ("full", "lora")
 
@@ -99,14 +97,8 @@ def rank_main(args) -> None:
 
 
 def launch(variant: str, args, base: Path, i: int) -> dict:
-    result = args.out / f"lora-{variant}-{i}.json"
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--no_local_rank",
-           "--master_port", str(free_port()), __file__, "--rank", "--variant", variant, "--base", str(base),
-           "--seq-len", str(args.seq_len), "--vocab", str(args.vocab), "--steps", str(args.steps), "--result", str(result)]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return json.loads(result.read_text())
+    return run_ranks(__file__, 2, ["--variant", variant, "--base", str(base), "--seq-len", str(args.seq_len),
+                                   "--vocab", str(args.vocab), "--steps", str(args.steps)], args.out / f"lora-{variant}-{i}.json")
 
 
 def main() -> None:

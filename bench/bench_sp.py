@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from lsa_ds.distributed import exit_rank, free_port, init_distributed
+from lsa_ds.distributed import exit_rank, init_distributed
+from ranks import run_ranks  # bench/ranks.py, beside this script
 
 
 def vm_hwm_mib() -> float:
@@ -78,13 +76,7 @@ def rank_main(args) -> None:
 
 
 def launch(sp: int, seq_len: int, out: Path) -> dict:
-    result = out / f"sp{sp}-{seq_len}.json"
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(sp), "--no_local_rank",
-           "--master_port", str(free_port()), __file__, "--rank", "--seq-len", str(seq_len), "--result", str(result)]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return json.loads(result.read_text())
+    return run_ranks(__file__, sp, ["--seq-len", str(seq_len)], out / f"sp{sp}-{seq_len}.json")
 
 
 def main() -> None:

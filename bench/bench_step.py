@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from lsa_ds.distributed import exit_rank, free_port, init_distributed
+from lsa_ds.distributed import exit_rank, init_distributed
+from ranks import run_ranks  # bench/ranks.py, beside this script
 
 VARIANTS = ("alpha0", "alpha01", "naive")
 
@@ -104,17 +102,9 @@ def rank_main(args) -> None:
 
 
 def launch(variant: str, args, out: Path, arenas: str = "glibc") -> dict:
-    result = out / f"step-{variant}-{arenas}.json"
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--no_local_rank",
-           "--master_port", str(free_port()), __file__, "--rank", "--variant", variant,
-           "--seq-len", str(args.seq_len), "--vocab", str(args.vocab), "--steps", str(args.steps), "--result", str(result)]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    env.pop("MALLOC_ARENA_MAX", None)
-    if arenas != "glibc":
-        env["MALLOC_ARENA_MAX"] = arenas
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return json.loads(result.read_text())
+    return run_ranks(__file__, 2, ["--variant", variant, "--seq-len", str(args.seq_len), "--vocab", str(args.vocab),
+                                   "--steps", str(args.steps)], out / f"step-{variant}-{arenas}.json",
+                     {"MALLOC_ARENA_MAX": None if arenas == "glibc" else arenas})
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -150,11 +151,13 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in model.merge_and_unload().state_dict().items()}
 
 
-def write_adapter_folder(recipe: Recipe, model: nn.Module, hf_config, base: str, out: Path) -> None:
+def write_adapter_folder(recipe: Recipe, model: nn.Module, hf_config, base: str, out: Path,
+                         also: Callable[[Path], None] | None = None) -> None:
     """A PEFT folder `PeftModel.from_pretrained(base_model, out)` loads: adapter_config.json and
     adapter_model.safetensors (the adapters plus the `extra_trainable` parameters under their
-    PeftModel names, which peft's loader passes straight to load_state_dict), written atomically.
-    config.json is the run's (extended RoPE): load the base with it."""
+    PeftModel names, which peft's loader passes straight to load_state_dict), written atomically
+    (`also` adds files to the folder before it is renamed into place). config.json is the run's
+    (extended RoPE): load the base with it."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -177,6 +180,8 @@ def write_adapter_folder(recipe: Recipe, model: nn.Module, hf_config, base: str,
     (tmp / "lsa_adapter.json").write_text(json.dumps({"base": config.base_model_name_or_path,
                                                       "extra_trainable": list(recipe.model.extra_trainable),
                                                       "tensors": len(tensors)}, indent=2))
+    if also is not None:
+        also(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -42,17 +42,23 @@ def write_hf_folder(model, state_dict: dict[str, torch.Tensor], tok: Tokenizer, 
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, max_shard_size=max_shard_size)
     finally:  # the engine's model trains on (or is evaluated) without a cache
         model.config.use_cache, model.generation_config = use_cache, generation
-    hf_tok = to_hf_tokenizer(tok)
-    hf_tok.model_max_length = model.config.max_position_embeddings
-    hf_tok.save_pretrained(tmp)
-    if tok.kind == "sentencepiece":
-        shutil.copy(tok.path, tmp / "tokenizer.model")  # the original, for tools that want SentencePiece
-    (tmp / "lsa_tokenizer.json").write_text(json.dumps(tok.describe(), indent=2))
-    if data is not None:  # `lsa eval` of this folder, wherever it is copied, scores the run's held-out split
-        (tmp / "lsa_data.json").write_text(data.model_dump_json(indent=2))
+    write_tokenizer_and_data(tok, tmp, model.config.max_position_embeddings, data)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def write_tokenizer_and_data(tok: Tokenizer, folder: Path, max_length: int, data=None) -> None:
+    """The tokenizer files every export carries (HF's, the original SentencePiece model, our
+    framing) and the run's data config."""
+    hf_tok = to_hf_tokenizer(tok)
+    hf_tok.model_max_length = max_length
+    hf_tok.save_pretrained(folder)
+    if tok.kind == "sentencepiece":
+        shutil.copy(tok.path, folder / "tokenizer.model")  # the original, for tools that want SentencePiece
+    (folder / "lsa_tokenizer.json").write_text(json.dumps(tok.describe(), indent=2))
+    if data is not None:  # `lsa eval` of this folder, wherever it is copied, scores the run's held-out split
+        (folder / "lsa_data.json").write_text(data.model_dump_json(indent=2))
 
 
 def export_from_engine(engine, lm, hf_config, tok: Tokenizer, out: Path) -> None:
@@ -80,12 +86,9 @@ def write_adapters(recipe, model, hf_config, tok: Tokenizer, out: Path) -> None:
     from lsa_ds import adapters
     from lsa_ds.model import checkpoint_dir
 
-    adapters.write_adapter_folder(recipe, model, hf_config, str(checkpoint_dir(recipe)), out)
-    to_hf_tokenizer(tok).save_pretrained(out)
-    (out / "lsa_tokenizer.json").write_text(json.dumps(tok.describe(), indent=2))
-    if tok.kind == "sentencepiece":
-        shutil.copy(tok.path, out / "tokenizer.model")
-    (out / "lsa_data.json").write_text(recipe.data.model_dump_json(indent=2))
+    adapters.write_adapter_folder(recipe, model, hf_config, str(checkpoint_dir(recipe)), out,
+                                  also=lambda tmp: write_tokenizer_and_data(tok, tmp, hf_config.max_position_embeddings,
+                                                                            recipe.data))
 
 
 def _meta_model(hf_config):

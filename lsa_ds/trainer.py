@@ -62,6 +62,13 @@ def eval_lengths(recipe: Recipe) -> list[int]:
     return sorted(recipe.eval.lengths or [recipe.train.seq_len, 2 * recipe.train.seq_len])
 
 
+def window_loader(recipe: Recipe, cache, rank: int, world: int) -> WindowLoader:
+    """This rank's training windows. The ranks of a sequence-parallel group (N consecutive ranks)
+    read the same windows, those of data-parallel rank rank // N; each trains its slice of them."""
+    sp, t = recipe.train.sequence_parallel, recipe.train
+    return WindowLoader(build_windows(recipe, cache), t.micro_batch_size, t.grad_accum, rank // sp, world // sp)
+
+
 def micro_views(recipe: Recipe, ids: list[int], windows: np.ndarray) -> dict:
     """Model inputs for one micro-batch: long view only (baseline) or long + short views."""
     if not recipe.align.enabled:
@@ -168,10 +175,7 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None
     engine = Engine(recipe, ds_config, lm, steps)
     _record_run(run_dir, lm, hf_config, cache, world, steps)
 
-    # The ranks of a sequence-parallel group read the same windows (each trains its slice of them).
-    sp = recipe.train.sequence_parallel
-    loader = WindowLoader(build_windows(recipe, cache), recipe.train.micro_batch_size, recipe.train.grad_accum,
-                          rank // sp, world // sp)
+    loader = window_loader(recipe, cache, rank, world)
     start, skipped_total = 0, 0
     if resume_tag:
         universal = bool(ds_config.get("checkpoint", {}).get("load_universal"))

@@ -18,13 +18,12 @@ def main(out: str, overrides: list[str]) -> None:
     from deepspeed.utils import safe_get_full_grad
 
     from lsa_ds.config import load_recipe
-    from lsa_ds.data import build_windows, open_cache
-    from lsa_ds.data.windows import WindowLoader
+    from lsa_ds.data import open_cache
     from lsa_ds.distributed import init_distributed
     from lsa_ds.ds_config import resolve_ds_config
     from lsa_ds.engine import Engine
     from lsa_ds.model import build_hf_config, build_model
-    from lsa_ds.trainer import micro_views
+    from lsa_ds.trainer import micro_views, window_loader
 
     rank, world = init_distributed()
     recipe = load_recipe(None, overrides)
@@ -33,9 +32,7 @@ def main(out: str, overrides: list[str]) -> None:
     ds_config = resolve_ds_config(recipe, world)
     lm = build_model(recipe, build_hf_config(recipe, tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id), ds_config)
     engine = Engine(recipe, ds_config, lm, recipe.train.max_steps)
-    sp = recipe.train.sequence_parallel
-    loader = WindowLoader(build_windows(recipe, cache), recipe.train.micro_batch_size, recipe.train.grad_accum,
-                          rank // sp, world // sp)
+    loader = window_loader(recipe, cache, rank, world)
     names = [n for n, p in engine.module.named_parameters() if p.requires_grad]
     params = dict(engine.module.named_parameters())
     grads: list[dict[str, torch.Tensor]] = []
