@@ -48,10 +48,16 @@ class Misalignment:
     per_sample: tuple[tuple[float, float], ...] = ()
     """(SCE, symmetric KL) of each sample in order: what paired comparisons between models use."""
 
+    @property
+    def entropy(self) -> MeanCI:
+        """Mean entropy of the two views' predictions: SCE = H(p) + H(q) + symmetric KL exactly,
+        so (SCE - SKL) / 2 per sample. Shows whether SCE moved by sharpening, not aligning."""
+        return mean_ci([(s - k) / 2 for s, k in self.per_sample]) if self.per_sample else self.sce
+
     def to_dict(self) -> dict:
         return {"variant": self.variant, "seq_len": self.seq_len, "samples": self.sce.n, "seed": self.seed,
                 "interval": "95% normal approximation over samples",
-                "sce": self.sce.to_dict(), "skl": self.skl.to_dict(),
+                "sce": self.sce.to_dict(), "skl": self.skl.to_dict(), "entropy": self.entropy.to_dict(),
                 "per_sample": {"sce": [v[0] for v in self.per_sample], "skl": [v[1] for v in self.per_sample]}}
 
 

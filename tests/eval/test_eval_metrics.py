@@ -110,6 +110,14 @@ def test_overlap_misalignment_equals_two_separate_forwards(tiny, monkeypatch):
         skl.append(np.mean([p[1] for p in pairs]))
     assert got.sce.mean == pytest.approx(np.mean(sce), abs=1e-5)
     assert got.skl.mean == pytest.approx(np.mean(skl), abs=1e-6)
+    # the reported entropy is the mean entropy of the two views' predictions over the shared positions
+    ent = []
+    for i in range(samples):
+        w, e = windows[i], draw_overlap_shift(seed, i, L)
+        lp, lq = (torch.log_softmax(_full_logits(model, x), -1) for x in (w[:L], w[e:L]))
+        h = lambda z: -(z.exp() * z).sum(-1)  # noqa: E731
+        ent.append(((h(lp[e:L]) + h(lq[:L - e])) / 2).mean().item())
+    assert got.entropy.mean == pytest.approx(np.mean(ent), abs=1e-5) and got.to_dict()["entropy"]["n"] == samples
 
 
 def test_divergences_of_identical_distributions_are_twice_the_entropy_and_zero():

@@ -1,4 +1,4 @@
-"""Interval and correlation helpers against hand values and scipy."""
+"""Interval, bootstrap and correlation helpers against hand values, scipy and known distributions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lsa_ds.eval.report import correlate
-from lsa_ds.eval.stats import mean_ci, paired, pearson, ranks, sign_test, spearman
+from lsa_ds.eval.stats import (across_seeds, bootstrap_ci, bootstrap_p, mean_ci, paired, pearson, ranks, sign_test,
+                               spearman, t95)
 
 
 def test_mean_ci_is_the_normal_approximation():
@@ -57,3 +58,55 @@ def test_sign_test_and_paired_difference_by_hand():
     assert got.p_sign == pytest.approx(1.0) and got.diff.lo < 0.75 < got.diff.hi
     with pytest.raises(ValueError):
         paired([1.0], [1.0, 2.0])
+
+
+def test_across_seeds_uses_student_t_and_falls_back_to_z_above_30():
+    ci = across_seeds([1.0, 2.0, 3.0])  # s = 1, n = 3, t(2) = 4.303
+    assert ci.mean == 2.0 and ci.std == pytest.approx(1.0)
+    assert ci.hi - ci.mean == pytest.approx(4.303 / math.sqrt(3), rel=1e-3)
+    assert t95(4) == pytest.approx(2.776, abs=1e-3) and t95(30) == pytest.approx(2.042, abs=1e-3)
+    assert t95(31) == pytest.approx(1.96, abs=1e-3)
+    one = across_seeds([5.0])
+    assert one.mean == 5.0 and math.isnan(one.lo) and math.isnan(one.hi)  # one seed: no spread known
+
+
+def test_paired_over_seeds_by_hand():
+    base, arm = [4.0, 4.2, 4.4], [3.9, 4.0, 4.2]  # differences -0.1, -0.2, -0.2
+    got = paired(arm, base, interval=across_seeds, n_boot=5000)
+    s = np.std([-0.1, -0.2, -0.2], ddof=1)
+    assert got.diff.mean == pytest.approx(-1 / 6) and got.diff.std == pytest.approx(s)
+    assert got.diff.hi == pytest.approx(-1 / 6 + 4.3027 * s / math.sqrt(3))
+    assert (got.better, got.worse) == (3, 0) and got.p_sign == pytest.approx(0.25)  # 2 * (1/2)^3
+    # centred differences are +1/15, -1/30, -1/30: no resampled mean reaches 1/6, only the +1 correction is left
+    assert got.p_boot == pytest.approx(1 / 5001)
+    assert "p_boot" in got.to_dict() and "p_boot" not in paired(arm, base).to_dict()
+
+
+def test_bootstrap_interval_covers_a_known_correlation():
+    rng = np.random.default_rng(3)
+    xy = rng.multivariate_normal([0, 0], [[1, 0.8], [0.8, 1]], size=200)
+    for stat in (pearson, spearman):
+        ci = bootstrap_ci(xy[:, 0], xy[:, 1], stat)
+        assert ci.lo < 0.8 < ci.hi and ci.lo > 0, (stat, ci)  # Spearman's rho of this normal is 0.786
+        assert ci.n == 200 and ci.n_boot == 2000 and ci.value == pytest.approx(stat(xy[:, 0], xy[:, 1]))
+    assert bootstrap_ci(xy[:, 0], xy[:, 1], pearson, seed=5) == bootstrap_ci(xy[:, 0], xy[:, 1], pearson, seed=5)
+    # a generic statistic goes through the slow path and agrees with the vectorised one
+    slow = bootstrap_ci(xy[:50, 0], xy[:50, 1], lambda a, b: pearson(a, b), n_boot=300)
+    assert slow == bootstrap_ci(xy[:50, 0], xy[:50, 1], pearson, n_boot=300)
+
+
+def test_bootstrap_drops_resamples_where_a_side_is_constant():
+    ci = bootstrap_ci([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0], spearman, n_boot=4000)
+    assert 0 < ci.n_boot < 4000 and -1 <= ci.lo <= ci.value <= ci.hi <= 1  # 4 of 256 draws repeat one point
+    flat = bootstrap_ci([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
+    assert math.isnan(flat.value) and flat.n_boot == 0 and math.isnan(flat.lo)
+
+
+def test_bootstrap_p_is_small_for_a_clear_shift_and_large_for_none():
+    rng = np.random.default_rng(0)
+    shifted, centred = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 30)
+    centred -= centred.mean() - 0.01  # mean 0.01 against a spread of 1
+    assert bootstrap_p(shifted) < 0.001
+    assert bootstrap_p(centred) > 0.5
+    assert bootstrap_p(shifted, seed=1) == bootstrap_p(shifted, seed=1)
+    assert bootstrap_p([0.0, 0.0, 0.0]) == 1.0
