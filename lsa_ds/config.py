@@ -35,22 +35,34 @@ class RunConfig(_Section):
 # -------------------------------------------------------------------------------------- data
 class RepeatConfig(_Section):
     segment_tokens: int = Field(256, ge=8)
-    """Each consecutive segment of this many tokens of a document gets one repeated span."""
+    """Each consecutive segment of this many tokens of a document gets `per_segment` repeated spans."""
+    per_segment: int = Field(1, ge=1)
+    """Repeated spans per segment: the segment is cut into this many equal parts and each part
+    receives one copy of a span from anywhere earlier in the segment (so distances still reach
+    across the whole segment, and more of the text is copied)."""
     span_min: int = Field(16, ge=1)
     """Shortest repeated span (tokens)."""
     span_max: int = Field(48, ge=1)
-    """Longest repeated span (tokens; at most half a segment)."""
+    """Longest repeated span (tokens; at most half a segment's part)."""
     content: Literal["natural", "random"] = "natural"
     """natural: the document's own tokens are repeated; random: the span is first replaced by
     uniformly drawn ordinary tokens, so only copying predicts its second occurrence."""
+    alphabet: int | None = Field(None, ge=2)
+    """With content: random, draw the span's tokens from this many ordinary tokens only (a fixed
+    set chosen by `seed`) instead of the whole ordinary vocabulary: a small alphabet makes matching
+    the copy to its source easy to learn for a tiny model (its spans carry ln(alphabet) nats per
+    token that only copying can predict)."""
     seed: int = 0
     """Keys the draws (with each document's key)."""
 
     @model_validator(mode="after")
     def _spans_fit(self) -> RepeatConfig:
-        if self.span_min > self.span_max or 2 * self.span_min > self.segment_tokens:
+        part = self.segment_tokens // self.per_segment
+        if self.span_min > self.span_max or 2 * self.span_min > part:
             raise ValueError(f"span_min={self.span_min}, span_max={self.span_max}: need span_min <= span_max and "
-                             f"two spans in segment_tokens={self.segment_tokens}")
+                             f"two spans in segment_tokens={self.segment_tokens} / per_segment={self.per_segment}")
+        if self.alphabet is not None and self.content != "random":
+            raise ValueError(f"alphabet={self.alphabet} needs content: random")
         return self
 
 

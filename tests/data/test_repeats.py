@@ -45,9 +45,60 @@ def test_every_segment_gets_one_copied_span_and_framing_stays(content):
     assert again == out and other != out  # keyed by the document, the same on every machine
 
 
+def _copies(orig: list[int], out: list[int], n: int) -> list[tuple[int, int]]:
+    """(source start, copy start) of every n-token run of `out` that changed from `orig` and equals
+    an earlier n-gram of `out` (random ids: only a copy makes one)."""
+    found = []
+    for b in range(len(out) - n + 1):
+        if out[b:b + n] != orig[b:b + n] and (b == 0 or out[b - 1] == orig[b - 1]):
+            for a in range(b - n + 1):
+                if out[a:a + n] == out[b:b + n]:
+                    found.append((a, b))
+                    break
+    return found
+
+
+@pytest.mark.parametrize("content", ["natural", "random"])
+def test_several_spans_per_segment_land_one_per_part_and_reach_back_across_the_segment(content):
+    one = RepeatConfig(segment_tokens=128, span_min=8, span_max=8, content=content)
+    ids = _doc(128 * 40 + 2)
+    assert repeat_spans(ids, "k", one, ORDINARY)[0] == repeat_spans(ids, "k", one.model_copy(update={"per_segment": 1}),
+                                                                     ORDINARY)[0]
+    cfg = RepeatConfig(segment_tokens=128, span_min=8, span_max=8, per_segment=4, content=content)
+    out, spans, copied = repeat_spans(ids, "k", cfg, ORDINARY)
+    assert spans == 4 * 40 and copied == 8 * spans and out[0] == 1 and out[-1] == 2
+    far = twice = 0
+    for s in range(40):  # each copy sits in its own quarter, exact, with its source before it in the segment
+        lo = 1 + 128 * s
+        seg, orig = out[lo:lo + 128], ids[lo:lo + 128]
+        if content == "random":  # the sources changed too: count the 8-grams that occur twice (a copy
+            grams = [tuple(seg[i:i + 8]) for i in range(121)]  # may land on a later span's source: then 3)
+            twice += sum(grams.count(g) > 1 for g in set(grams))
+            continue
+        pairs = _copies(orig, seg, 8)
+        parts = sorted({b // 32 for _, b in pairs})
+        assert parts == [0, 1, 2, 3], (s, pairs)
+        far += any(b - a >= 64 for a, b in pairs)
+    assert twice >= 4 * 40 * 0.9 if content == "random" else far >= 20  # distances are drawn over the whole segment, not within a part
+
+
+def test_random_spans_from_a_small_alphabet_several_per_segment_stay_exact_copies():
+    cfg = RepeatConfig(segment_tokens=128, span_min=8, span_max=12, per_segment=4, content="random", alphabet=16)
+    ids = _doc(128 * 20 + 2)
+    out, spans, copied = repeat_spans(ids, "k", cfg, ORDINARY)
+    alphabet = set(np.random.default_rng(0).permutation(ORDINARY)[:16].tolist())
+    assert spans == 80 and len({t for t in out if 300 <= t < 900}) <= 16 <= len(set(out) & alphabet)
+    assert sum(t in alphabet for t in out) >= copied  # every copied token (and its source) is from the alphabet
+    assert repeat_spans(ids, "k", cfg, ORDINARY)[0] == out
+
+
 def test_impossible_span_lengths_are_refused():
     with pytest.raises(ValueError, match="two spans"):
         RepeatConfig(segment_tokens=16, span_min=9, span_max=9)
+    with pytest.raises(ValueError, match="per_segment=4"):
+        RepeatConfig(segment_tokens=64, span_min=9, span_max=9, per_segment=4)
+    with pytest.raises(ValueError, match="needs content: random"):
+        RepeatConfig(segment_tokens=256, span_min=8, span_max=9, alphabet=16)
 
 
 def test_prepare_counts_repeats_keeps_the_split_and_the_vocabulary(tmp_path, capsys, data_cache_dir, prepared):
