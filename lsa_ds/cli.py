@@ -15,7 +15,7 @@ from lsa_ds.errors import UserError
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lsa_ds.train_cli", "train a recipe on DeepSpeed (launches the ranks)"),
-    "demo": ("lsa_ds.demo", "the embedded default end to end: base 128 -> extended 512 on CPU"),
+    "demo": ("lsa_ds.demo", "the embedded default end to end: base 128 -> extended 512 on CPU, four arms"),
     "export": ("lsa_ds.export", "write a checkpoint as a Hugging Face folder"),
     "prepare": ("lsa_ds.data.prepare_cli", "tokenize the recipe's sources into the token cache"),
     "data": ("lsa_ds.data.show_cli", "inspect prepared data: `lsa data show RECIPE --index N`"),

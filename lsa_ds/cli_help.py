@@ -14,7 +14,8 @@ import argparse
 WRITES = {
     "train": "runs/<run.name>/ (config.yaml, ds_config.json, metrics.jsonl, tb/, run.json, checkpoints/, "
              "curves.png, and hf/ when finished); the token cache under data.cache_dir if missing",
-    "demo": "runs/tiny-cpu-*/ (one run directory per stage and arm) and runs/demo-eval/ (report.md, report.json, PNGs)",
+    "demo": "runs/tiny-cpu-*/ (one run directory per arm; with --from-scratch also the base, runs/tiny-cpu-base/) "
+            "and runs/demo-eval/ (report.md, report.json, PNGs); never the committed demo/tiny-cpu-base/",
     "export": "the Hugging Face folder --out (replaced if it exists)",
     "prepare": "the token cache under data.cache_dir (a trained tokenizer and token shards); prints a summary",
     "data": "nothing (prints decoded windows)",

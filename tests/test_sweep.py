@@ -271,14 +271,15 @@ def test_a_finished_run_with_another_recipe_is_refused_before_anything_runs(abla
 
 # ------------------------------------------------------------------------- shipped recipes
 def _fabricate_inputs(root: Path) -> None:
-    """What the shipped recipes read before any data is tokenized, stood in for: stage 1's export
-    (a config.json, no weights), the llama2 recipe's checkpoint folder and its jsonl corpus."""
+    """What the shipped recipes read before any data is tokenized, stood in for: the committed
+    stage-1 export (copied), the llama2 recipe's checkpoint folder and its jsonl corpus."""
+    import shutil
+
     from transformers import LlamaConfig
 
     from lsa_ds.model import PRESETS
 
-    demo = {k: v for k, v in PRESETS["demo"].items() if k != "model_type"}
-    LlamaConfig(vocab_size=4096, **demo).save_pretrained(root / "runs" / "tiny-cpu-base" / "hf")
+    shutil.copytree(REPO / "demo" / "tiny-cpu-base" / "hf", root / "demo" / "tiny-cpu-base" / "hf")
     llama = {k: v for k, v in PRESETS["llama2-7b"].items() if k != "model_type"}
     LlamaConfig(vocab_size=32000, **llama).save_pretrained(root / "models" / "Llama-2-7b-hf")
     (root / "data").mkdir()
@@ -324,7 +325,7 @@ def test_the_paper_recipe_and_its_ablations_say_what_the_paper_does():
     assert [p.recipe.align.enabled for p in sweep_spec.load_sweep(abl / "llama2-baseline.yaml").points] == [False, True]
     mini = sweep_spec.load_sweep(abl / "cpu-mini-replication.yaml")
     assert [p.recipe.align.alpha if p.recipe.align.enabled else None for p in mini.points] == [None, 0, 0.1, 0.3]
-    assert mini.requires[0].run_dir == Path(mini.points[0].recipe.model.init_from)
+    assert not mini.requires and mini.points[0].recipe.model.init_from == "demo/tiny-cpu-base"  # the committed base
 
 
 # --------------------------------------------------------------------------- end to end
