@@ -91,8 +91,10 @@ class _MemoryStore:
 
 def text_windows(data: DataConfig, tok: Tokenizer, window: int, count: int, batch_docs: int = 64) -> np.ndarray:
     """[<= count, window] windows from the held-out documents of `data`'s sources, tokenized with
-    `tok` and cut, blended and spread exactly as `cache_windows` does a token cache: with the
-    tokenizer a run's cache was built with, the very same windows."""
+    `tok` (a source's `repeat` spans applied as `lsa prepare` applies them) and cut, blended and
+    spread exactly as `cache_windows` does a token cache: with the tokenizer a run's cache was built
+    with, the very same windows."""
+    from lsa_ds.data.repeats import repeat_spans
     from lsa_ds.data.sources import iter_records
     from lsa_ds.data.windows import BlendedWindows, SourceWindows
 
@@ -100,16 +102,20 @@ def text_windows(data: DataConfig, tok: Tokenizer, window: int, count: int, batc
     for src in data.sources:
         docs: list[np.ndarray] = []
         total, batch = 0, []
+        ordinary = tok.ordinary_ids() if src.repeat is not None else None
 
         def flush() -> None:
             nonlocal total
-            docs.extend(np.asarray(ids, dtype=np.int64) for ids in tok.encode_documents(batch))
+            for key, ids in zip([k for k, _ in batch], tok.encode_documents([t for _, t in batch])):
+                if src.repeat is not None:
+                    ids = repeat_spans(ids, key, src.repeat, ordinary)[0]
+                docs.append(np.asarray(ids, dtype=np.int64))
             total += sum(len(d) for d in docs[-len(batch):])
             batch.clear()
 
         for split, rec in iter_records(src):
             if split == "eval" and rec.text is not None:
-                batch.append(rec.text)
+                batch.append((rec.key, rec.text))
                 if len(batch) >= batch_docs:
                     flush()
                     if total >= MAX_EVAL_TOKENS + window:

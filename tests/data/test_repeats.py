@@ -123,5 +123,11 @@ def test_prepare_counts_repeats_keeps_the_split_and_the_vocabulary(tmp_path, cap
         assert a.num_docs == b.num_docs > 0 and list(a.lengths) == list(b.lengths)
         assert any((a.tokens(d) != b.tokens(d)).any() for d in range(a.num_docs))
     assert prepare(r.data, progress=False)[1] is None  # deterministic: the second prepare finds it
+    # held-out text read in memory (an export's lsa_data.json, lsa eval --data) gets the same spans
+    from lsa_ds.eval.heldout import cache_windows, text_windows
+
+    copies = r.model_copy(deep=True)
+    copies.data.sources = [s for s in r.data.sources if s.name == "copies"]
+    np.testing.assert_array_equal(text_windows(copies.data, cache.tokenizer, 64, 8), cache_windows(copies, cache, 64, 8))
     with pytest.raises(UserError, match="span_min"):
         load_recipe(recipe, [*mixed[:-1], mixed[0].replace("span_min: 8", "span_min: 80")])
