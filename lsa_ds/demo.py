@@ -215,14 +215,16 @@ def held_out_names(stage: Stage, overrides: list[str]) -> tuple[str, str]:
             next((s.name for s in sources if s.repeat is None), "all"))
 
 
-def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int, data: Path) -> None:
+def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int, data: Path, source: str | None = None,
+            tasks: str = "ppl,misalign,passkey") -> None:
     """`lsa eval --compare` of the stages on one held-out set (`data`: stage 2's recipe, so base and
-    extended models read the same windows): perplexity vs length, passkey, misalignment, paired
-    differences, one report. Light settings so the demo stays within its time budget on two cores."""
+    extended models read the same windows; `source`: only that source's held-out text):
+    perplexity vs length, passkey, misalignment, paired differences, one report. Light settings so
+    the demo stays within its time budget on two cores."""
     from lsa_ds.eval import cli as eval_cli
 
     args = ["--compare", *[str(run) for _, run, _ in stages], "--out", str(out), "--threads", "1", "--no-progress",
-            "--data", str(data),
+            "--data", str(data), *(["--source", source] if source else []), "--tasks", tasks,
             "--baseline", next((run.name for name, run, _ in stages if name == BASELINE), stages[0][1].name),
             "--windows", str(windows),  # the in-training evaluation's windows: the same numbers
             "--length-multipliers", "0.5,1,2,4", "--passkey-samples", "2", "--passkey-depths", "0,0.5,1",
@@ -244,12 +246,21 @@ def main(argv: list[str]) -> int:
     stages = run_stages(args.overrides, args.nproc, from_scratch=args.from_scratch)
     ok, lines = summarise(stages, *held_out_names(STAGES[1], args.overrides))
     if not args.no_eval:
+        # the report on the held-out data that measures long-range use (the mixture's held-out part),
+        # and the same models on natural text beside it
+        long_range, natural = held_out_names(STAGES[1], args.overrides)
         out = stages[-1][1].parent / "demo-eval"
-        compare(stages, out, load_recipe(stages[0][1] / "config.yaml").eval.windows, stages[1][1] / "config.yaml")
+        windows, data = load_recipe(stages[1][1] / "config.yaml").eval.windows, stages[1][1] / "config.yaml"
+        compare(stages, out, windows, data, None if long_range == "all" else long_range)
+        if natural != "all":
+            compare(stages, out / natural, windows, data, natural, tasks="ppl,misalign")
         report = out / "report.md"
-        report.write_text(report.read_text() + "\n## The demo's verdict\n\nFrom each run's last in-training "
+        beside = f" The same models on natural text (`{natural}`): {natural}/report.md." if natural != "all" else ""
+        report.write_text(f"Held-out data of this report: `{long_range}` (the mixture's held-out part, which "
+                          f"rewards long-range use).{beside}\n\n" + report.read_text()
+                          + "\n## The demo's verdict\n\nFrom each run's last in-training "
                           "evaluation, on its own recipe's held-out data (measured as `lsa eval` measures; natural "
                           "text, the same for every run, and the repeated-span mixture apart).\n\n"
                           + "\n".join(lines) + "\n")
-        Console().print(f"evaluation report: {report} (plots beside it)")
+        Console().print(f"evaluation report: {report} (plots beside it; natural text in {out / natural})")
     return 0 if ok else 1

@@ -44,6 +44,8 @@ def test_demo_arms_from_the_committed_base_smoke_and_rerun_skips(tmp_path):
     report = (tmp_path / "runs" / "demo-eval" / "report.md").read_text()
     assert all(s in report for s in ("tiny-cpu-base", *ARMS)) and "## Paired differences against tiny-cpu-extended" in report
     assert "## The demo's verdict" in report and "entropy" in report
+    assert report.startswith("Held-out data of this report: `stdlib-repeats`")  # the mixture's held-out part
+    assert "tiny-cpu-extended-alpha0" in (tmp_path / "runs" / "demo-eval" / "stdlib" / "report.md").read_text()
     assert (tmp_path / "runs" / "demo-eval" / "perplexity_vs_length.png").stat().st_size > 0
     again = lsa("demo", *short, "--no-eval", check=False)
     assert again.stdout.count("already complete") == 4 and "committed base model" in again.stdout, again.stdout
