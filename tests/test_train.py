@@ -66,7 +66,8 @@ def test_two_rank_zero3_run_trains_and_fills_the_run_directory(runs):
     assert [e["step"] for e in evals] == [6, 12] and evals[1]["loss@64"] < evals[0]["loss@64"]
     # the baseline's held-out misalignment is measured too (both views of fixed held-out windows)
     assert all(e["misalign_sce"] > 0 and e["misalign_skl"] >= 0 and "ce_gap" in e for e in evals)
-    assert all(e["misalign_entropy"] == pytest.approx((e["misalign_sce"] - e["misalign_skl"]) / 2) > 0 for e in evals)
+    assert all(e["misalign_entropy"] == pytest.approx((e["misalign_sce"] - e["misalign_skl"]) / 2) for e in evals)
+    assert all(e["misalign_entropy"] > 0 for e in evals)
     assert train[-1]["consumed_samples"] == STEPS * 4
     ds = json.loads((run / "ds_config.json").read_text())
     assert ds["train_batch_size"] == 4 and ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 1.0
@@ -216,4 +217,4 @@ def test_existing_run_directory_is_refused(runs, capsys):
 def test_dry_run_prints_recipe_and_deepspeed_config(capsys):
     assert cli.main(["train", "recipes/tiny-cpu.yaml", "--dry-run", "--nproc", "2"]) == 0
     out = capsys.readouterr().out
-    assert "seq_len: 128" in out and '"train_batch_size": 16' in out and '"stage": 3' in out
+    assert "seq_len: 128" in out and '"train_batch_size": 32' in out  # 16 windows per rank and '"stage": 3' in out
