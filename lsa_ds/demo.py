@@ -237,10 +237,10 @@ def main(argv: list[str]) -> int:
     p = command_parser("demo", __doc__.split("\n\n")[0])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in every stage, e.g. --set train.max_steps=2 (repeatable)")
-    p.add_argument("--nproc", type=int, default=None, help="ranks (default 2 on CPU)")
+    p.add_argument("--nproc", type=int, default=None, help="ranks of the stage-2 runs (default 2 on CPU; stage 1 trains on one)")
     p.add_argument("--no-eval", action="store_true", help="skip the final `lsa eval --compare` report")
     p.add_argument("--from-scratch", action="store_true",
-                   help="train the base model of stage 1 again (recipes/tiny-cpu.yaml, ~15 min on 2 cores, into "
+                   help="train the base model of stage 1 again (recipes/tiny-cpu.yaml on one rank, ~9 min, into "
                         "run.output_dir) instead of starting from the committed demo/tiny-cpu-base")
     args = p.parse_args(argv)
     stages = run_stages(args.overrides, args.nproc, from_scratch=args.from_scratch)
