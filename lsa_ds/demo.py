@@ -244,11 +244,11 @@ def main(argv: list[str]) -> int:
                         "run.output_dir) instead of starting from the committed demo/tiny-cpu-base")
     args = p.parse_args(argv)
     stages = run_stages(args.overrides, args.nproc, from_scratch=args.from_scratch)
-    ok, lines = summarise(stages, *held_out_names(STAGES[1], args.overrides))
+    long_range, natural = held_out_names(STAGES[1], args.overrides)
+    ok, lines = summarise(stages, long_range, natural)
     if not args.no_eval:
         # the report on the held-out data that measures long-range use (the mixture's held-out part),
         # and the same models on natural text beside it
-        long_range, natural = held_out_names(STAGES[1], args.overrides)
         out = stages[-1][1].parent / "demo-eval"
         windows, data = load_recipe(stages[1][1] / "config.yaml").eval.windows, stages[1][1] / "config.yaml"
         compare(stages, out, windows, data, None if long_range == "all" else long_range)

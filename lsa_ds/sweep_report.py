@@ -253,7 +253,8 @@ def numbers(row: dict) -> dict[str, float]:
     for n, p in sorted(ev.get("ppl", {}).items()):
         out[f"eval loss@{n}"] = math.log(p["ppl"]) if p.get("ppl") else None
     for m in ("sce", "skl"):
-        out[f"eval misalign_{m} (last)"] = _mis(row, "last", m) and _mis(row, "last", m)["mean"]
+        last = _mis(row, "last", m)
+        out[f"eval misalign_{m} (last)"] = last and last["mean"]
     return {k: float(v) for k, v in out.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retrain the demo's stage-1 base model and replace the committed copy in demo/tiny-cpu-base/:
-# `lsa train recipes/tiny-cpu.yaml` --nproc 1 (what `lsa demo --from-scratch` runs first; ~8 min),
+# `lsa train recipes/tiny-cpu.yaml` --nproc 1 (what `lsa demo --from-scratch` runs first; ~9 min),
 # then the run's recipe, metrics, run.json, curves and hf/ export plus the console log are copied
 # (not its checkpoints or TensorBoard files). Review `git diff --stat demo/` before committing.
 set -euo pipefail

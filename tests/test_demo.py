@@ -16,8 +16,8 @@ ARMS = ("tiny-cpu-extended", "tiny-cpu-extended-lsa", "tiny-cpu-extended-alpha0"
 SHORT = ("train.max_steps=2", "eval.windows=2", "eval.every_steps=null")
 
 
-def _configs(runs) -> dict:
-    return {s: yaml.safe_load((runs / s / "config.yaml").read_text()) for s in ARMS}
+def _config(runs, stage: str) -> dict:
+    return yaml.safe_load((runs / stage / "config.yaml").read_text())
 
 
 def test_demo_arms_from_the_committed_base_smoke_and_rerun_skips(tmp_path):
@@ -29,7 +29,7 @@ def test_demo_arms_from_the_committed_base_smoke_and_rerun_skips(tmp_path):
     for stage in ARMS:
         assert (tmp_path / "runs" / stage / "hf" / "config.json").is_file(), out[-4000:]
     # the arms continue from the committed base, read text with its tokenizer, and differ only where they should
-    cfg = _configs(tmp_path / "runs")
+    cfg = {s: _config(tmp_path / "runs", s) for s in ARMS}
     base = demo.COMMITTED_BASE
     assert all(cfg[s]["model"]["init_from"] == str(base) for s in ARMS)
     assert all(cfg[s]["data"]["tokenizer"]["path"] == str(base / "hf" / "tokenizer.model") for s in ARMS)
@@ -58,14 +58,10 @@ def test_from_scratch_trains_the_base_and_retrains_arms_of_another_base(tmp_path
     got = demo.run_stages(short, 2, two, from_scratch=True)
     assert [(name, path) for name, path, _ in got] == [("base", runs / "tiny-cpu-base"), ("extended", runs / "tiny-cpu-extended")]
     assert got[0][2] == 512 and (runs / "tiny-cpu-base" / "hf" / "tokenizer.model").is_file()
-    assert _configs_one(runs, "tiny-cpu-extended")["model"]["init_from"] == str(runs / "tiny-cpu-base")
+    assert _config(runs, "tiny-cpu-extended")["model"]["init_from"] == str(runs / "tiny-cpu-base")
     capsys.readouterr()
     # without --from-scratch the arm's base is the committed one: the finished arm is trained again
     demo.run_stages(short, 2, two)
     out = capsys.readouterr().out
     assert "(its recipe changed: data.tokenizer.path)" in out, out  # the first key that differs
-    assert _configs_one(runs, "tiny-cpu-extended")["model"]["init_from"] == str(demo.COMMITTED_BASE)
-
-
-def _configs_one(runs, stage: str) -> dict:
-    return yaml.safe_load((runs / stage / "config.yaml").read_text())
+    assert _config(runs, "tiny-cpu-extended")["model"]["init_from"] == str(demo.COMMITTED_BASE)

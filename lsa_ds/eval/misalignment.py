@@ -52,7 +52,7 @@ class Misalignment:
     def entropy(self) -> MeanCI:
         """Mean entropy of the two views' predictions: SCE = H(p) + H(q) + symmetric KL exactly,
         so (SCE - SKL) / 2 per sample. Shows whether SCE moved by sharpening, not aligning."""
-        return mean_ci([(s - k) / 2 for s, k in self.per_sample]) if self.per_sample else self.sce
+        return mean_ci([(s - k) / 2 for s, k in self.per_sample])
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "seq_len": self.seq_len, "samples": self.sce.n, "seed": self.seed,
