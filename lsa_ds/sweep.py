@@ -120,7 +120,7 @@ def _lsa(args: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", "lsa_ds.cli", *args]).returncode
 
 
-def run_all(sweep: Sweep, nproc: int | None, folder: Path) -> int:
+def run_all(sweep: Sweep, nproc: int | None, folder: Path, baseline: str | None = None) -> int:
     todo = [*sweep.requires, *sweep.points]
     check_finished(todo)
     files = dict(zip((p.name for p in sweep.points), write_recipes(sweep, folder)))
@@ -144,7 +144,7 @@ def run_all(sweep: Sweep, nproc: int | None, folder: Path) -> int:
                 return 1
     from lsa_ds.sweep_report import write_sweep_report
 
-    print(write_sweep_report(sweep, folder))
+    print(write_sweep_report(sweep, folder, baseline))
     return 0
 
 
@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="gather the runs' final metrics into report.md/.csv/.png in the sweep folder")
     p.add_argument("--nproc", type=int, default=None, help="ranks per run for local training (passed to lsa train)")
     p.add_argument("--out", default=None, help="sweep folder (default <run.output_dir>/sweeps/<name>)")
+    p.add_argument("--baseline", default=None, metavar="ARM",
+                   help="arm (its name or label) the report's paired differences are taken from "
+                        "(default: the arm with align.enabled false)")
     return p
 
 
@@ -181,7 +184,7 @@ def main(argv: list[str]) -> int:
     if args.report:
         from lsa_ds.sweep_report import write_sweep_report
 
-        print(write_sweep_report(sweep, folder))
+        print(write_sweep_report(sweep, folder, args.baseline))
         return 0
     if args.slurm:
         files = write_recipes(sweep, folder)
@@ -203,4 +206,4 @@ def main(argv: list[str]) -> int:
             print(f"# afterwards, on a GPU node: lsa sweep {shlex.quote(_shown(sweep.path))} (skips finished "
                   f"training, runs lsa eval), then --report")
         return 0
-    return run_all(sweep, args.nproc, folder)
+    return run_all(sweep, args.nproc, folder, args.baseline)

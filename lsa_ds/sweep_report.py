@@ -20,14 +20,11 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lsa_ds.errors import UserError
 from lsa_ds.metrics_log import length_keys, read_rows
+from lsa_ds.sweep_arms import ENTROPY_PREFIX, arm_view, arms_markdown, write_arms_csv
 
 TRAIN_SCALARS = ("misalign_sce", "misalign_skl", "ce_gap")
 """Keys of the trainer's eval rows reported besides loss@N / ppl@N (lsa_ds/trainer.py `evaluate`)."""
-ENTROPY_PREFIX = "misalign_entropy"
-"""Eval-row keys of the predictions' entropy beside SCE, when the trainer logs them (DESIGN.md §2)."""
-SEED_KEY = "train.seed"
 
 
 def gather(point) -> dict:
@@ -56,8 +53,9 @@ def gather(point) -> dict:
     if report.is_file():
         model = (json.loads(report.read_text()).get("models") or [{}])[0]
         ppl = {p["length"]: p for p in (model.get("perplexity") or {}).get("lengths", [])}
-        row["eval"] = {"ppl": ppl, "misalignment": model.get("misalignment") or {},
-                       "passkey": (model.get("passkey") or {}).get("accuracy_overall")}
+        row["eval"] = {"ppl": ppl, "ppl_sha": (model.get("perplexity") or {}).get("windows_sha"),
+                       "misalignment": model.get("misalignment") or {},
+                       "passkey": (model.get("passkey") or {}).get("accuracy_overall"), "model": model}
     return row
 
 
@@ -241,134 +239,14 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------ arms over seeds
-def numbers(row: dict) -> dict[str, float]:
-    """One finished run's numbers the arm view averages over seeds, in report order: training-eval
-    loss@N, misalignment, entropy (when logged), CE gap; then `lsa eval` loss (ln ppl) and
-    last-position misalignment."""
-    t, ev = row["train"], row["eval"] or {}
-    out = {f"loss@{n}": v for n, v in sorted(length_keys(t).items())}
-    for k in ("misalign_sce", "misalign_skl", *sorted(k for k in t if k.startswith(ENTROPY_PREFIX)), "ce_gap"):
-        out[k] = t.get(k)
-    for n, p in sorted(ev.get("ppl", {}).items()):
-        out[f"eval loss@{n}"] = math.log(p["ppl"]) if p.get("ppl") else None
-    for m in ("sce", "skl"):
-        last = _mis(row, "last", m)
-        out[f"eval misalign_{m} (last)"] = last and last["mean"]
-    return {k: float(v) for k, v in out.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-
-
-def _baseline(arms: list[dict], wanted: str | None) -> tuple[dict | None, str]:
-    if wanted:
-        hit = [a for a in arms if wanted in (a["name"], a["label"])]
-        if not hit:
-            raise UserError(f"baseline arm {wanted!r}: not one of {', '.join(a['name'] for a in arms)}")
-        return hit[0], "chosen by name"
-    off = [a for a in arms if a["align_off"]]
-    if not off:
-        return None, "no arm has alignment off (align.enabled: false) and none was named"
-    return off[0], "alignment off" + (f"; the first of {len(off)} such arms" if len(off) > 1 else "")
-
-
-def arm_view(sweep, rows: list[dict], baseline: str | None = None, n_boot: int = 10000) -> dict | None:
-    """Points grouped into arms by their grid values without `train.seed`; per arm and number the
-    mean over finished seeds with its across-seeds 95% interval, and the paired difference from the
-    baseline arm over the seeds both finished. None when the grid has no seeds."""
-    if SEED_KEY not in sweep.keys():
-        return None
-    from lsa_ds.eval.stats import across_seeds, paired  # lazily: lsa_ds.eval imports torch
-    from lsa_ds.sweep_spec import label
-
-    other_keys = [k for k in sweep.keys() if k != SEED_KEY]
-    groups: dict[str, dict] = {}
-    for point, row in zip(sweep.points, rows[len(sweep.requires):]):
-        rest = {k: v for k, v in point.values.items() if k != SEED_KEY}
-        arm_label = label(rest, other_keys) if rest else ""
-        arm = groups.setdefault(json.dumps(rest, sort_keys=True, default=str), {
-            "name": f"{sweep.name}-{arm_label}" if arm_label else sweep.name, "label": arm_label, "values": rest,
-            "align_off": rest.get("align.enabled", point.recipe.align.enabled) is False, "planned": [], "runs": {}})
-        arm["planned"].append(point.values.get(SEED_KEY))
-        if row["status"] == "finished":  # a run still training would mix an early checkpoint in
-            arm["runs"][point.values.get(SEED_KEY)] = numbers(row)
-    arms = list(groups.values())
-    if not any(len(a["planned"]) > 1 for a in arms):
-        return None
-    base, why = _baseline(arms, baseline)
-    metrics = list(dict.fromkeys(k for a in arms for run in a["runs"].values() for k in run))
-    for a in arms:
-        a["seeds"] = sorted(a["runs"], key=str)
-        a["stats"], a["paired"] = {}, {}
-        for m in metrics:
-            vals = [a["runs"][s][m] for s in a["seeds"] if m in a["runs"][s]]
-            if vals:
-                a["stats"][m] = across_seeds(vals).to_dict()
-            if base is None or a is base:
-                continue
-            common = [s for s in a["seeds"] if m in a["runs"][s] and m in base["runs"].get(s, {})]
-            if common:
-                pair = paired([a["runs"][s][m] for s in common], [base["runs"][s][m] for s in common],
-                              interval=across_seeds, n_boot=n_boot if len(common) > 1 else 0)
-                a["paired"][m] = {"seeds": common, **pair.to_dict()}
-    return {"seed_key": SEED_KEY, "baseline": base and base["name"], "baseline_why": why, "metrics": metrics,
-            "n_boot": n_boot, "arms": arms}
-
-
-def _ci(d: dict, spec: str = ".4f") -> str:
-    if not d or not math.isfinite(d["lo"]):
-        return _f(d and d["mean"], spec) + (" (1 seed)" if d else "")
-    return f"{d['mean']:{spec}} [{d['lo']:{spec}}, {d['hi']:{spec}}]"
-
-
-def arms_markdown(view: dict) -> list[str]:
-    arms, metrics = view["arms"], view["metrics"]
-    out = ["## Arms over seeds", "",
-           f"Points that differ only in `{view['seed_key']}` form one arm. Each cell: the mean over the arm's "
-           "finished seeds [95% interval across seeds: Student t with n − 1 degrees of freedom — with 3–5 "
-           "seeds the normal 1.96 would be far too narrow]. `eval …` rows come from `lsa eval` (loss = ln "
-           "perplexity; misalignment at the last position).", ""]
-    def seeds(a: dict) -> str:
-        waiting = [s for s in a["planned"] if s not in a["runs"]]
-        return (f"seeds {', '.join(map(_v, a['seeds'])) or 'none finished'}"
-                + (f"; {', '.join(map(_v, waiting))} not finished" if waiting else ""))
-
-    header = ["number", *[f"{a['name']} ({seeds(a)})" for a in arms]]
-    out += _table(header, [[m, *[_ci(a["stats"].get(m)) for a in arms]] for m in metrics] or [["–"] * len(header)])
-    if view["baseline"] is None:
-        return out + [f"No paired comparison: {view['baseline_why']}.", ""]
-    body = [[a["name"], m, ", ".join(map(_v, p["seeds"])), _ci(p["diff"], "+.4f"), f"{p['better']} / {p['worse']}",
-             f"{p['p_sign']:.3g}", _f(p.get("p_boot"), ".3g")] for a in arms for m, p in a["paired"].items()]
-    out += [f"## Arms against the baseline `{view['baseline']}` ({view['baseline_why']})", "",
-            "Seed i of each arm minus seed i of the baseline, over the seeds both finished: the mean difference "
-            "[95% interval across seeds, Student t], how many seeds were lower / higher than the baseline's, the "
-            "two-sided exact sign test (3 seeds cannot go below p = 0.25) and a two-sided bootstrap p of a zero "
-            f"mean difference ({view['n_boot']} resamples; optimistic with so few seeds — read it beside the "
-            "interval). Negative is lower loss or less misalignment.", ""]
-    return out + _table(["arm", "number", "seeds", "difference", "lower / higher", "p (sign)", "p (bootstrap)"],
-                        body or [["–"] * 7])
-
-
-def write_arms_csv(view: dict, path: Path) -> None:
-    keys = list(dict.fromkeys(k for a in view["arms"] for k in a["values"]))
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["arm", *keys, "number", "seeds", "n", "mean", "lo", "hi", "std", "baseline", "paired_seeds",
-                         "diff", "diff_lo", "diff_hi", "lower", "higher", "p_sign", "p_boot"])
-        for a in view["arms"]:
-            for m in view["metrics"]:
-                s, p = a["stats"].get(m), a["paired"].get(m)
-                cells = [s["n"], s["mean"], s["lo"], s["hi"], s["std"]] if s else [0, "", "", "", ""]
-                pair = ([view["baseline"], ";".join(map(_v, p["seeds"])), p["diff"]["mean"], p["diff"]["lo"],
-                         p["diff"]["hi"], p["better"], p["worse"], p["p_sign"], p.get("p_boot")] if p else [""] * 9)
-                row = [a["name"], *[_v(a["values"].get(k, "")) for k in keys], m,
-                       ";".join(map(_v, a["seeds"])), *cells, *pair]
-                writer.writerow(["" if c is None or (isinstance(c, float) and not math.isfinite(c)) else c for c in row])
-
-
 def write_sweep_report(sweep, folder: Path, baseline: str | None = None) -> str:
-    """Write report.md, report.csv, report.png (and report-arms.csv when the grid has seeds) into
-    `folder`; return the Markdown. `baseline`: the arm the seed-paired differences are taken from
-    (default: the arm with alignment off)."""
+    """Write report.md, report.csv, report.png (with seeds also report-arms.csv and
+    report-arms.png; with 4 or more evaluated runs report-correlation.png) into `folder`; return
+    the Markdown. `baseline`: the arm the paired differences are taken from (default: the arm with
+    alignment off)."""
+    from lsa_ds.sweep_arms import arms_plot
+    from lsa_ds.sweep_correlation import correlation_section
+
     rows = [gather(p) for p in [*sweep.requires, *sweep.points]]
     keys = sweep.keys()
     flats = [flat(r, keys, rows) for r in rows]
@@ -378,12 +256,27 @@ def write_sweep_report(sweep, folder: Path, baseline: str | None = None) -> str:
         writer.writeheader()
         writer.writerows(flats)
     plot(rows, folder / "report.png")
+    files, extra = ["report.md", "report.csv", "report.png"], []
     view = arm_view(sweep, rows, baseline)
-    files = ["report.md", "report.csv", "report.png"] + (["report-arms.csv"] if view else [])
     if view:
         write_arms_csv(view, folder / "report-arms.csv")
-    text = markdown(sweep, rows, flats, files)
-    if view:
-        text += "\n" + "\n".join(arms_markdown(view))
+        files.append("report-arms.csv")
+        extra += arms_markdown(view)
+        if arms_plot(view, folder / "report-arms.png"):
+            files.append("report-arms.png")
+            extra += ["![arms](report-arms.png)", ""]
+    arm_of = {row["run"]: a["name"] for a in (view or {}).get("arms", []) for row in a["rows"].values()}
+    corr, lines, made = correlation_section(rows, arm_of, folder)
+    if "table" in corr:
+        (folder / "report-correlation.json").write_text(json.dumps(_finite(corr), indent=1))
+        files += ["report-correlation.json", *made]
+    text = markdown(sweep, rows, flats, files) + ("\n" + "\n".join(extra + lines) if extra or lines else "")
     (folder / "report.md").write_text(text + "\n")
-    return text + f"\n(report in {folder}/report.md, .csv, .png{', report-arms.csv' if view else ''})"
+    return text + f"\n(report in {folder}: {', '.join(files)})"
+
+
+def _finite(obj):
+    """NaN -> None and points tuples -> lists, so the JSON is strict."""
+    from lsa_ds.eval.report import _finite as finite
+
+    return finite(obj)

@@ -348,3 +348,34 @@ def test_a_two_point_sweep_trains_evaluates_and_reports(tmp_path, prepared, data
     assert "# Sweep `e2e`" in out
     again = lsa("sweep", str(abl), *common).stdout  # everything done: nothing trains again
     assert again.count("skipping training") == 2 and again.count("evaluated already") == 2
+
+
+def test_the_studies_have_the_arms_seeds_and_scale_they_promise():
+    """The CPU study of docs/study/report.md: eight arms × three seeds from the committed base; the
+    GPU study: a ≈100M model from scratch in bf16, then two arms × two seeds."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lsa_ds.model import build_hf_config
+
+    cpu = sweep_spec.load_sweep(REPO / "recipes" / "ablations" / "cpu-study.yaml")
+    arms = {}
+    for p in cpu.points:
+        a = p.recipe.align
+        arm = ("off" if not a.enabled else f"{a.divergence} {a.alpha:g}" + (f" detach {a.detach}" if a.detach != "none" else ""),
+               p.recipe.model.rope.type)
+        arms.setdefault(arm, []).append(p.recipe.train.seed)
+    assert arms == {(arm, rope): [1234, 1235, 1236] for arm, rope in [
+        ("off", "linear"), ("off", "yarn"), ("sce 0", "linear"), ("sce 0.1", "linear"), ("sce 0.3", "linear"),
+        ("skl 0.1", "linear"), ("sce 0.1 detach long", "linear"), ("sce 0.1", "yarn")]}
+    assert not cpu.requires and {p.recipe.model.init_from for p in cpu.points} == {"demo/tiny-cpu-base"}
+    gpu = sweep_spec.load_sweep(REPO / "recipes" / "ablations" / "gpu-study.yaml")
+    (base,) = gpu.requires
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(build_hf_config(base.recipe, 8192, 1, 2, None))
+    assert 90e6 < sum(p.numel() for p in model.parameters()) < 110e6
+    assert base.recipe.model.preset and not base.recipe.model.init_from  # from scratch
+    assert [(p.recipe.align.enabled, p.recipe.train.seed) for p in gpu.points] == \
+        [(False, 1234), (False, 1235), (True, 1234), (True, 1235)]
+    assert {p.recipe.train.precision for p in [base, *gpu.points]} == {"bf16"}
+    assert {p.recipe.model.init_from for p in gpu.points} == {str(base.recipe.run_dir)}

@@ -88,7 +88,7 @@ def test_unfinished_seeds_are_left_out_and_the_baseline_can_be_named(seeded, tmp
     md = (folder / "report.md").read_text()
     assert "## Arms against the baseline `seeds-enabled-true` (chosen by name)" in md
     assert "seeds-enabled-true (seeds 0, 1; 2 not finished)" in md
-    with pytest.raises(UserError, match="baseline arm 'nope'"):
+    with pytest.raises(UserError, match="--baseline nope: not one of the arms"):
         write_sweep_report(sw, folder, baseline="nope")
 
 
@@ -101,4 +101,94 @@ def test_a_sweep_without_seeds_gets_the_report_it_always_had(tmp_path, monkeypat
         fake_run(p.run_dir, {"loss@64": 4.0})
     text = write_sweep_report(sweep_spec.load_sweep(abl), tmp_path / "rep")
     assert sorted(f.name for f in (tmp_path / "rep").iterdir()) == ["report.csv", "report.md", "report.png"]
-    assert "Arms" not in text and text.endswith("(report in %s/report.md, .csv, .png)" % (tmp_path / "rep"))
+    assert "Arms" not in text and text.endswith(f"(report in {tmp_path / 'rep'}: report.md, report.csv, report.png)")
+
+
+# ------------------------------------------------------------ lsa eval reports: seeds × windows
+WINDOWS = 6
+
+
+def _ci(v: np.ndarray) -> dict:
+    return {"mean": v.mean(), "lo": v.mean() - 0.1, "hi": v.mean() + 0.1}
+
+
+def fake_eval(run: Path, shift: float, seed: int, sha: str = "w1") -> None:
+    """An `lsa eval` report.json of the shape eval/cli.py writes: per-window NLL at 64 and 128
+    tokens, per-sample misalignment of the last position, passkey."""
+    rng = np.random.default_rng(seed)  # the same text for every arm: seed-dependent, arm-independent
+    nll = {n: (3.0 + n / 256 + 0.1 * seed + rng.normal(0, 0.2, WINDOWS) + shift * (n / 64)) for n in (64, 128)}
+    sce = 5.0 + rng.normal(0, 0.1, WINDOWS) - 2 * shift
+    skl = 0.2 + rng.uniform(0, 0.05, WINDOWS) + shift
+    model = {"name": run.name, "kind": "run", "train_len": 64, "train_loss": 3.0 + shift,
+             "perplexity": {"windows_sha": sha, "lengths": [
+                 {"length": n, "ppl": math.exp(v.mean()), "ppl_ci": [math.exp(v.mean()) - 1, math.exp(v.mean()) + 1], "per_window": v.tolist()} for n, v in nll.items()]},
+             "misalignment": {"last": {"windows_sha": sha, "sce": _ci(sce), "skl": _ci(skl), "entropy": _ci((sce - skl) / 2),
+                                       "per_sample": {"sce": sce.tolist(), "skl": skl.tolist()}}},
+             "passkey": {"accuracy_overall": 0.0}}
+    (run / "eval").mkdir()
+    (run / "eval" / "report.json").write_text(json.dumps({"models": [model]}))
+
+
+@pytest.fixture
+def evaluated(tmp_path, monkeypatch) -> Path:
+    """3 arms (off, alpha 0.1, alpha 0.3) × 3 seeds with training rows and `lsa eval` reports."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.yaml").write_text("train: {seq_len: 64, max_steps: 3}\n")
+    abl = tmp_path / "st.yaml"
+    abl.write_text("base: base.yaml\ngrid:\n  - {align.enabled: [false], train.seed: [0, 1, 2]}\n"
+                   "  - {align.alpha: [0.1, 0.3], train.seed: [0, 1, 2]}\n")
+    for p in sweep_spec.load_sweep(abl).points:
+        shift = 0.0 if p.values.get("align.enabled") is False else p.values["align.alpha"]
+        seed = p.values["train.seed"]
+        fake_run(p.run_dir, {"loss@64": 4.0 + shift + 0.01 * seed})
+        fake_eval(p.run_dir, shift + 0.01 * seed * (shift > 0), seed)
+    return abl
+
+
+def _nll(run: str, n: int) -> np.ndarray:
+    m = json.loads(Path(f"runs/{run}/eval/report.json").read_text())["models"][0]
+    return np.array(next(p["per_window"] for p in m["perplexity"]["lengths"] if p["length"] == n))
+
+
+def test_eval_numbers_are_paired_window_by_window_and_seed_by_seed(evaluated):
+    assert cli.main(["sweep", str(evaluated), "--report"]) == 0
+    folder = Path("runs/sweeps/st")
+    rows = {(r["arm"], r["number"]): r for r in csv.DictReader((folder / "report-arms.csv").open())}
+    w = rows[("st-alpha0.1", "eval loss@128")]
+    d = np.stack([_nll(f"st-alpha0.1-seed{s}", 128) - _nll(f"st-enabled-false-seed{s}", 128) for s in range(3)])
+    assert w["windows"] == f"3x{WINDOWS}" and float(w["wdiff"]) == pytest.approx(d.mean())
+    assert float(w["wdiff_lo"]) <= d.mean() <= float(w["wdiff_hi"])
+    assert (int(w["wlower"]), int(w["whigher"])) == (int((d.mean(0) < 0).sum()), int((d.mean(0) > 0).sum()))
+    # the seed-paired row of the same number compares per-seed means of ln(exp(mean NLL)) = mean NLL
+    assert float(w["diff"]) == pytest.approx(d.mean(axis=1).mean())
+    ent = rows[("st-alpha0.3", "eval entropy (last)")]
+    assert float(ent["wdiff"]) == pytest.approx(-0.3 * 1.5 - 0.01 * 1.5, abs=1e-9)  # (−2·shift − shift) / 2 per sample
+    assert rows[("st-enabled-false", "eval passkey")]["mean"] == "0.0"
+    md = (folder / "report.md").read_text()
+    assert "## Arms against the baseline `st-enabled-false`, seeds × windows" in md
+    assert f"| st-alpha0.1 | eval loss@128 | 3 × {WINDOWS} |" in md
+    # the paper's Table 1 over all 9 runs; passkey is the same everywhere, so it is named, not correlated
+    assert "## Across the sweep's 9 evaluated runs: Misalignment versus long-context quality" in md
+    assert "the target is 0 for every model: nothing to correlate" in md
+    corr = json.loads((folder / "report-correlation.json").read_text())
+    pair = next(p for p in corr["table"]["pairs"] if p["predictor"] == "misalignment SKL (last)"
+                and p["target"].startswith("loss@2×L"))
+    assert pair["n"] == 9 and pair["pearson"] > 0.9  # SKL grows with the shift, and so does loss at 2L
+    for png in ("report.png", "report-arms.png", "report-correlation.png"):
+        assert (folder / png).stat().st_size > 10_000
+
+
+def test_windows_read_differently_are_not_paired_and_the_cli_names_the_baseline(evaluated, capsys):
+    run = Path("runs/st-alpha0.1-seed1")
+    (run / "eval" / "report.json").unlink()
+    (run / "eval").rmdir()
+    fake_eval(run, 0.1, 1, sha="other")
+    assert cli.main(["sweep", str(evaluated), "--report", "--baseline", "alpha0.3"]) == 0
+    md = capsys.readouterr().out
+    assert "## Arms against the baseline `st-alpha0.3` (chosen by name), seed by seed" in md
+    assert "## Arms against the baseline `st-alpha0.3`, seeds × windows" in md
+    rows = {(r["arm"], r["number"]): r for r in csv.DictReader(Path("runs/sweeps/st/report-arms.csv").open())}
+    assert rows[("st-alpha0.1", "eval loss@64")]["windows"] == f"2x{WINDOWS}"  # seed 1 read other windows
+    assert rows[("st-alpha0.1", "eval loss@64")]["paired_seeds"] == "0;1;2"   # its per-seed mean still pairs
+    assert cli.main(["sweep", str(evaluated), "--report", "--baseline", "nope"]) == 2
+    assert "--baseline nope: not one of the arms" in capsys.readouterr().err

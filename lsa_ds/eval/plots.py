@@ -94,19 +94,35 @@ def misalignment_plot(models: list[dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def correlation_plot(models: list[dict], correlation: dict, path: Path) -> Path | None:
-    """Long-context perplexity against each predictor, one panel per predictor."""
-    preds = [p for p in correlation.get("predictors", []) if p.get("points")]
-    if not preds:
+def correlation_plot(correlation: dict, path: Path, group_of=None) -> Path | None:
+    """The correlation table as scatter plots: one row per predictor, one column per target whose
+    values are not all equal; `group_of(name)` colours the points by group (a sweep's arms)."""
+    pairs = [p for p in (correlation.get("table") or {}).get("pairs", []) if p.get("points")]
+    if not pairs:
         return None
-    fig, axes = plt.subplots(1, len(preds), figsize=(4.2 * len(preds), 3.8), squeeze=False)
-    for ax, p in zip(axes[0], preds):
-        xs, ys, labels = zip(*p["points"])
-        ax.scatter(xs, ys)
-        for x, y, name in p["points"]:
-            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(p["predictor"])
-        ax.set_ylabel(f"perplexity @ {correlation['length']}")
-        ax.set_title(f"Pearson {p['pearson']:.2f}, Spearman {p['spearman']:.2f}", fontsize=10)
+    preds, targets = list(dict.fromkeys(p["predictor"] for p in pairs)), list(dict.fromkeys(p["target"] for p in pairs))
+    fig, axes = plt.subplots(len(preds), len(targets), figsize=(3.8 * len(targets), 3.2 * len(preds)), squeeze=False)
+    groups = list(dict.fromkeys(group_of(n) for p in pairs for *_, n in p["points"])) if group_of else []
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for p in pairs:
+        ax = axes[preds.index(p["predictor"])][targets.index(p["target"])]
+        ax.set_visible(True)
+        xs, ys, names = zip(*p["points"])
+        colours = [f"C{groups.index(group_of(n)) % 10}" for n in names] if group_of else "C0"
+        ax.scatter(xs, ys, c=colours, s=18)
+        if not group_of:
+            for x, y, name in p["points"]:
+                ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(p["predictor"], fontsize=8)
+        ax.set_ylabel(p["target"], fontsize=8)
+        ax.set_title(f"r {p['pearson']:+.2f}, ρ {p['spearman']:+.2f} (n {p['n']})", fontsize=9)
         ax.grid(True, alpha=0.3)
+    if groups:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=f"C{i % 10}", label=g) for i, g in enumerate(groups)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(groups)), fontsize=7)
+        fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(groups) - 1) // 4), 1, 1))
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
     return _save(fig, path)

@@ -102,6 +102,11 @@ def _table_pairs(models: list[dict], n_boot: int, seed: int) -> dict:
                 pairs.append({**entry, "skipped": f"fewer than {MIN_CORRELATION_MODELS} models have both"})
                 continue
             xs, ys = [q[0] for q in points], [q[1] for q in points]
+            same = next((side for side, v in (("predictor", xs), ("target", ys)) if len(set(v)) == 1), None)
+            if same:
+                pairs.append({**entry, "skipped": f"the {same} is {(xs if same == 'predictor' else ys)[0]:g} "
+                                                  "for every model: nothing to correlate"})
+                continue
             r, rho = bootstrap_ci(xs, ys, pearson, n_boot, seed), bootstrap_ci(xs, ys, spearman, n_boot, seed)
             pairs.append({**entry, "pearson": r.value, "spearman": rho.value, "pearson_ci": r.to_dict(),
                           "spearman_ci": rho.to_dict(), "points": points})
@@ -224,7 +229,7 @@ def _r_cell(pair: dict, key: str) -> str:
     return "–" if not ci else f"{_fmt(ci['value'], '+.2f')} [{_fmt(ci['lo'], '+.2f')}, {_fmt(ci['hi'], '+.2f')}]"
 
 
-def _correlation_md(corr: dict | None) -> list[str]:
+def correlation_md(corr: dict | None) -> list[str]:
     if not corr:
         return []
     title = "## Misalignment versus long-context quality (the paper's Table 1)"
@@ -310,7 +315,7 @@ def render_markdown(report: dict) -> str:
     lines += ["", f"Final train loss: {FINAL_LOSS_NOTE} (one step is one noisy batch).", ""]
     lines += _perplexity_md(models) + _misalignment_md(models) + _passkey_md(models)
     lines += _benchmark_md(models, "longbench", "LongBench") + _benchmark_md(models, "babilong", "BABILong")
-    lines += _paired_md(report.get("paired")) + _correlation_md(report.get("correlation"))
+    lines += _paired_md(report.get("paired")) + correlation_md(report.get("correlation"))
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)
@@ -334,8 +339,8 @@ def write_report(report: dict, out_dir: Path) -> Path:
     made = [plots.perplexity_plot(models, out_dir / "perplexity_vs_length.png"),
             plots.passkey_plot(models, out_dir / "passkey.png"),
             plots.misalignment_plot(models, out_dir / "misalignment.png")]
-    if report.get("correlation") and "predictors" in report["correlation"]:
-        made.append(plots.correlation_plot(models, report["correlation"], out_dir / "correlation.png"))
+    if report.get("correlation") and "table" in report["correlation"]:
+        made.append(plots.correlation_plot(report["correlation"], out_dir / "correlation.png"))
     report["plots"] = [p.name for p in made if p is not None]
     (out_dir / "report.json").write_text(json.dumps(_finite(report), indent=2, default=str))
     md = out_dir / "report.md"

@@ -241,3 +241,61 @@ def paired(model, baseline, interval: Callable[..., MeanCI] = mean_ci, n_boot: i
     better, worse = int((d < 0).sum()), int((d > 0).sum())
     p_boot = bootstrap_p(d, n_boot, seed) if n_boot > 0 else None
     return Paired(interval(d), better, worse, sign_test(better, worse), p_boot)
+
+
+@dataclass(frozen=True)
+class NestedPaired:
+    """Model minus baseline over seeds × windows: both trained with the same seeds and scored on
+    the same windows, so the difference of seed s on window w is paired twice over."""
+
+    diff: BootCI
+    """Mean difference over every (seed, window) pair, with a two-level bootstrap interval."""
+    seeds: int
+    units: int
+    better: int
+    """Windows whose difference, averaged over the seeds, is below 0."""
+    worse: int
+    p_sign: float
+    """Exact sign test over those seed-averaged windows."""
+    p_boot: float
+    """Two-sided p of a zero mean from the same two-level bootstrap, centred."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nested_means(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of `n_boot` two-level resamples of d [seeds, units]: seeds with replacement, then
+    units with replacement within each drawn seed."""
+    s, u = d.shape
+    out = np.empty(n_boot)
+    block = max(1, 2_000_000 // (s * u))
+    for start in range(0, n_boot, block):
+        b = min(block, n_boot - start)
+        seeds = rng.integers(0, s, size=(b, s, 1))
+        units = rng.integers(0, u, size=(b, s, u))
+        out[start:start + b] = d[seeds, units].mean(axis=(1, 2))
+    return out
+
+
+def nested_paired(model, baseline, n_boot: int = 10000, seed: int = 0) -> NestedPaired:
+    """The paired comparison of two [seeds, units] arrays (seed i of the model against seed i of
+    the baseline, unit j the same held-out window in both). The interval and p resample seeds and
+    then windows (a two-level bootstrap), so they carry both the training noise and the choice of
+    text; with 3 seeds the seed level has only 10 distinct draws, so read the interval as rough.
+    The sign test asks whether most windows gain once the seeds are averaged."""
+    a, b = np.asarray(model, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"nested_paired needs two equal non-empty [seeds, units] arrays, got {a.shape} and {b.shape}")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    mean = float(d.mean())
+    boot = _nested_means(d, n_boot, rng)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    null = _nested_means(d - mean, n_boot, rng)
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
+    p_boot = (1 + int((np.abs(null) >= abs(mean) - tol).sum())) / (1 + n_boot)
+    per_unit = d.mean(axis=0)
+    better, worse = int((per_unit < 0).sum()), int((per_unit > 0).sum())
+    return NestedPaired(BootCI(mean, float(lo), float(hi), int(d.size), n_boot), d.shape[0], d.shape[1],
+                        better, worse, sign_test(better, worse), p_boot)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from lsa_ds.eval.report import _correlation_md, correlate, render_markdown
+from lsa_ds.eval.report import correlation_md, correlate, render_markdown
 from lsa_ds.eval.stats import pearson, spearman
 
 # name: (SCE of last, perplexity at L = 64, at 128, at 256, passkey accuracy or None, final train loss)
@@ -55,7 +55,7 @@ def test_every_predictor_meets_every_long_target_with_bootstrap_intervals():
 
 def test_the_markdown_puts_the_papers_figures_beside_ours():
     corr = correlate(_models())
-    md = "\n".join(_correlation_md(corr))
+    md = "\n".join(correlation_md(corr))
     assert "## Misalignment versus long-context quality (the paper's Table 1)" in md
     assert "| predictor | target | models | Pearson r [95%] | Spearman ρ [95%] | paper \\|r\\| | note |" in md
     sce = next(p for p in corr["table"]["pairs"] if p["predictor"] == "misalignment SCE (last)")
@@ -75,11 +75,11 @@ def test_fallbacks_are_named_and_too_few_models_is_one_line():
     assert table["misalignment_variant"] == "overlap" and table["loss_at_L"] == "final training loss"
     assert {p["predictor"] for p in table["pairs"]} == {"misalignment SKL (overlap)", "misalignment SCE (overlap)",
                                                         "final training loss"}
-    md = "\n".join(_correlation_md(correlate(models)))
+    md = "\n".join(correlation_md(correlate(models)))
     assert "overlap variant" in md and "final training loss" in md
     short = correlate(models[:3])
     assert short == {"skipped": "needs at least 4 models (got 3)"}
-    assert _correlation_md(short)[2] == "Not computed: needs at least 4 models (got 3)."
+    assert correlation_md(short)[2] == "Not computed: needs at least 4 models (got 3)."
     thin = _models()[:4]
     thin[0].pop("passkey")  # passkey in 3 models only: that pair is skipped, the rest computed
     pk = [p for p in correlate(thin)["table"]["pairs"] if p["target"] == "passkey accuracy"]
