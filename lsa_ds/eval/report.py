@@ -289,6 +289,9 @@ def paired_against(models: list[dict], baseline: str | None = None) -> dict:
                 for kind in ("skl", "sce"):
                     rows.append({"metric": f"misalign {kind.upper()} ({variant})",
                                  **paired(r["per_sample"][kind], b["per_sample"][kind]).to_dict()})
+                # entropy of the predictions, sample by sample: SCE = 2·entropy + SKL
+                ent = [[(s - k) / 2 for s, k in zip(x["per_sample"]["sce"], x["per_sample"]["skl"])] for x in (r, b)]
+                rows.append({"metric": f"entropy ({variant})", **paired(*ent).to_dict()})
         out["models"].append({"name": m["name"], "rows": rows})
     return out
 
@@ -301,7 +304,7 @@ def _paired_md(paired: dict | None) -> list[str]:
     return [f"## Paired differences against {paired['baseline']}", "",
             "Model minus baseline over the same held-out windows (loss) or samples (misalignment): mean difference "
             "with its 95% interval over windows/samples, how many were lower / higher than the baseline's, and the "
-            "two-sided sign-test p-value. Negative is lower loss or less misalignment. Only models that read the "
+            "two-sided sign-test p-value. Negative is lower loss, less misalignment or sharper predictions (entropy). Only models that read the "
             "very same windows are paired (a model with another training length reads other misalignment windows).",
             "", *_table(["model", "metric", "difference", "lower / higher", "p (sign test)"], body), ""]
 

@@ -83,7 +83,9 @@ def test_compare_puts_models_side_by_side_and_correlates_four(runs_dir, tmp_path
     assert pair["baseline"] == "run-a" and [m["name"] for m in pair["models"]] == ["run-b", "run-c", "run-d"]
     for m in pair["models"]:
         by_metric = {r["metric"]: r for r in m["rows"]}
-        assert {"loss@32", "loss@128", "misalign SKL (last)"} <= set(by_metric)
+        assert {"loss@32", "loss@128", "misalign SKL (last)", "entropy (last)"} <= set(by_metric)
+        ent = {x["name"]: x["misalignment"]["last"]["entropy"]["mean"] for x in report["models"]}
+        assert by_metric["entropy (last)"]["diff"]["mean"] == pytest.approx(ent[m["name"]] - ent["run-a"], abs=1e-9)
         r = by_metric["loss@64"]
         b_len = {p["length"]: p for p in report["models"][0]["perplexity"]["lengths"]}
         m_len = {p["length"]: p for p in next(x for x in report["models"] if x["name"] == m["name"])["perplexity"]["lengths"]}
