@@ -173,6 +173,10 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     sweep = load_sweep(args.ablation, args.overrides)
     folder = Path(args.out) if args.out else sweep.folder
+    if args.baseline is not None:
+        from lsa_ds.sweep_arms import check_baseline
+
+        check_baseline(sweep, args.baseline)  # before anything trains
     if args.print_only:
         cmds = [train_command(r) for r in sweep.requires if _run_state(r) != "finished"]
         cmds += [train_command(p) for p in sweep.points]

@@ -8,8 +8,9 @@ Per arm against the baseline arm, two paired comparisons:
   sign test, bootstrap p) — every number, the training-time evaluation's included;
 - *seeds × windows*: for the `lsa eval` numbers that keep one value per held-out window or sample
   (loss at each length, misalignment and entropy per variant), the difference on the very same
-  window under the very same seed, pooled over both (`stats.nested_paired`: a two-level bootstrap
-  interval and p, and the sign test over windows averaged over the seeds).
+  window under the very same seed, pooled over both (`stats.crossed_paired`: a two-way bootstrap
+  over seeds and windows for the interval and p, and the sign test over windows averaged over the
+  seeds).
 
 Rows come from `sweep_report.gather`; nothing here reads files.
 """
@@ -31,7 +32,8 @@ ENTROPY_PREFIX = "misalign_entropy"
 VARIANTS = ("last", "overlap")
 
 
-def _mis(row: dict, variant: str) -> dict:
+def misalignment_of(row: dict, variant: str) -> dict:
+    """The `lsa eval` misalignment entry of one variant of a gathered run ({} when absent)."""
     return ((row["eval"] or {}).get("misalignment") or {}).get(variant) or {}
 
 
@@ -47,7 +49,7 @@ def numbers(row: dict) -> dict[str, float]:
         out[f"eval loss@{n}"] = math.log(p["ppl"]) if p.get("ppl") else None
     for v in VARIANTS:
         for m in ("sce", "skl", "entropy"):
-            out[f"eval {m} ({v})"] = (_mis(row, v).get(m) or {}).get("mean")
+            out[f"eval {m} ({v})"] = (misalignment_of(row, v).get(m) or {}).get("mean")
     out["eval passkey"] = ev.get("passkey")
     return {k: float(v) for k, v in out.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -55,20 +57,37 @@ def numbers(row: dict) -> dict[str, float]:
 
 def units(row: dict) -> dict[str, tuple[str, np.ndarray]]:
     """The `lsa eval` numbers of one run that have one value per held-out window / sample, each
-    with the fingerprint of the windows it read: {number: (windows_sha, values)}."""
+    with the fingerprint of what it read: {number: (fingerprint, values)}. Left out: numbers
+    without a windows hash (nothing proves two runs read the same text) and arrays holding a
+    non-finite value (report.json writes NaN as null)."""
     ev = row["eval"] or {}
     out = {}
     for n, p in sorted(ev.get("ppl", {}).items()):
-        if p.get("per_window"):
-            out[f"eval loss@{n}"] = (f"{ev.get('ppl_sha')}@{n}", np.asarray(p["per_window"], dtype=np.float64))
+        if p.get("per_window") and ev.get("ppl_sha"):
+            out[f"eval loss@{n}"] = (f"{ev['ppl_sha']}@{n}", np.asarray(p["per_window"], dtype=np.float64))
     for v in VARIANTS:
-        mis = _mis(row, v)
-        if mis.get("per_sample"):
+        mis = misalignment_of(row, v)
+        if mis.get("per_sample") and mis.get("windows_sha"):
             sce, skl = (np.asarray(mis["per_sample"][k], dtype=np.float64) for k in ("sce", "skl"))
-            sha = f"{mis.get('windows_sha')}/{v}"
+            sha = f"{mis['windows_sha']}/{v}/seed{mis.get('seed')}"  # the eval seed draws the lengths and shifts
             out |= {f"eval sce ({v})": (sha, sce), f"eval skl ({v})": (sha, skl),
                     f"eval entropy ({v})": (sha, (sce - skl) / 2)}  # SCE = 2·entropy + SKL, sample by sample
-    return out
+    return {k: (sha, x) for k, (sha, x) in out.items() if x.size and np.isfinite(x).all()}
+
+
+def check_baseline(sweep, wanted: str | None) -> None:
+    """Refuse a `--baseline` that names no arm, before anything trains (one line, exit 2)."""
+    if wanted is None:
+        return
+    if SEED_KEY not in sweep.keys():
+        raise UserError(f"--baseline {wanted}: the sweep {sweep.name} has no arms (train.seed is not a grid key)")
+    from lsa_ds.sweep_spec import label
+
+    others = [k for k in sweep.keys() if k != SEED_KEY]
+    labels = {label(r, others) if (r := {k: v for k, v in p.values.items() if k != SEED_KEY}) else "" for p in sweep.points}
+    if wanted not in labels | {f"{sweep.name}-{x}" if x else sweep.name for x in labels}:
+        raise UserError(f"--baseline {wanted}: not one of the arms "
+                        f"{', '.join(sorted(f'{sweep.name}-{x}' if x else sweep.name for x in labels))}")
 
 
 def _baseline(arms: list[dict], wanted: str | None) -> tuple[dict | None, str]:
@@ -119,14 +138,19 @@ def _seed_paired(a: dict, base: dict, m: str, n_boot: int) -> dict | None:
 
 
 def _window_paired(a: dict, base: dict, m: str, n_boot: int) -> dict | None:
-    """Seeds × windows pairing of number m, over the seeds where both arms read the same windows."""
-    from lsa_ds.eval.stats import nested_paired
+    """Seeds × windows pairing of number m over the seeds whose runs, in both arms, all read the
+    same windows (the most common fingerprint, when some seed read other text)."""
+    from lsa_ds.eval.stats import crossed_paired
 
-    common = [s for s in a["seeds"] if m in a["units"][s] and m in base["units"].get(s, {})
-              and a["units"][s][m][0] == base["units"][s][m][0] and a["units"][s][m][1].shape == base["units"][s][m][1].shape]
-    if not common:
+    by_print: dict[str, list] = {}
+    for s in a["seeds"]:
+        mine, theirs = a["units"][s].get(m), base["units"].get(s, {}).get(m)
+        if mine and theirs and mine[0] == theirs[0] and mine[1].shape == theirs[1].shape:
+            by_print.setdefault(mine[0], []).append(s)
+    if not by_print:
         return None
-    pair = nested_paired([a["units"][s][m][1] for s in common], [base["units"][s][m][1] for s in common], n_boot)
+    common = max(by_print.values(), key=len)
+    pair = crossed_paired([a["units"][s][m][1] for s in common], [base["units"][s][m][1] for s in common], n_boot)
     return {**pair.to_dict(), "seeds": common}  # the seeds themselves, not just their count
 
 
@@ -213,10 +237,13 @@ def arms_markdown(view: dict) -> list[str]:
         out += [f"## Arms against the baseline `{view['baseline']}`, seeds × windows", "",
                 "The `lsa eval` numbers kept per held-out window (loss) or sample (misalignment, entropy): the arm "
                 "minus the baseline on the very same window under the very same seed, pooled. Interval and p: a "
-                f"two-level bootstrap ({view['n_boot']} resamples of the seeds, then of the windows within each), so "
-                "both the training noise and the choice of text are in them — with 3 seeds the seed level has only "
-                "10 distinct draws. Lower / higher and the sign test: windows whose difference, averaged over the "
-                "seeds, is below / above zero.", ""]
+                f"two-way bootstrap ({view['n_boot']} resamples; seeds and windows drawn independently, one window "
+                "draw shared by the drawn seeds, since every seed read the same text), so both the training noise "
+                "and the choice of text are in them — with 3 seeds the seed level has only 10 distinct draws and "
+                "the interval under-covers (≈ 92% for a nominal 95% in a simulation, tests/eval/test_eval_stats.py); "
+                "with 1 seed there is no training noise in it at all. Lower / higher and the sign test: windows "
+                "whose difference, averaged over the seeds, is below / above zero — conditional on these seeds, so "
+                "with 64 windows it can be small while the seed-level difference is not.", ""]
         out += _table(["arm", "number", "seeds × windows", "difference [95%]", "windows lower / higher", "p (sign)",
                        "p (bootstrap)"], body)
     return out
@@ -232,7 +259,7 @@ def write_arms_csv(view: dict, path: Path) -> None:
                          "diff", "diff_lo", "diff_hi", "lower", "higher", "p_sign", "p_boot", "windows",
                          "wdiff", "wdiff_lo", "wdiff_hi", "wlower", "whigher", "wp_sign", "wp_boot"])
         for a in view["arms"]:
-            for m in view["metrics"]:
+            for m in dict.fromkeys([*view["metrics"], *a["window_paired"]]):
                 s, p, w = a["stats"].get(m), a["paired"].get(m), a["window_paired"].get(m)
                 cells = [s["n"], s["mean"], s["lo"], s["hi"], s["std"]] if s else [0, "", "", "", ""]
                 pair = ([view["baseline"], ";".join(map(_v, p["seeds"])), p["diff"]["mean"], p["diff"]["lo"],

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lsa_ds.metrics_log import length_keys, read_rows
-from lsa_ds.sweep_arms import ENTROPY_PREFIX, arm_view, arms_markdown, write_arms_csv
+from lsa_ds.sweep_arms import ENTROPY_PREFIX, arm_view, arms_markdown, misalignment_of, write_arms_csv
 
 TRAIN_SCALARS = ("misalign_sce", "misalign_skl", "ce_gap")
 """Keys of the trainer's eval rows reported besides loss@N / ppl@N (lsa_ds/trainer.py `evaluate`)."""
@@ -68,7 +68,7 @@ def _eval_lengths(rows: list[dict]) -> list[int]:
 
 
 def _mis(row: dict, variant: str, measure: str) -> dict | None:
-    return ((row["eval"] or {}).get("misalignment", {}).get(variant) or {}).get(measure)
+    return misalignment_of(row, variant).get(measure)
 
 
 def _variants(rows: list[dict]) -> list[str]:
@@ -244,6 +244,7 @@ def write_sweep_report(sweep, folder: Path, baseline: str | None = None) -> str:
     report-arms.png; with 4 or more evaluated runs report-correlation.png) into `folder`; return
     the Markdown. `baseline`: the arm the paired differences are taken from (default: the arm with
     alignment off)."""
+    from lsa_ds.eval.report import finite
     from lsa_ds.sweep_arms import arms_plot
     from lsa_ds.sweep_correlation import correlation_section
 
@@ -265,18 +266,12 @@ def write_sweep_report(sweep, folder: Path, baseline: str | None = None) -> str:
         if arms_plot(view, folder / "report-arms.png"):
             files.append("report-arms.png")
             extra += ["![arms](report-arms.png)", ""]
-    arm_of = {row["run"]: a["name"] for a in (view or {}).get("arms", []) for row in a["rows"].values()}
+    arm_of = {row["run"]: a["name"] for a in view["arms"] for row in a["rows"].values()} if view else None
     corr, lines, made = correlation_section(rows, arm_of, folder)
     if "table" in corr:
-        (folder / "report-correlation.json").write_text(json.dumps(_finite(corr), indent=1))
+        (folder / "report-correlation.json").write_text(json.dumps(finite(corr), indent=1))
         files += ["report-correlation.json", *made]
     text = markdown(sweep, rows, flats, files) + ("\n" + "\n".join(extra + lines) if extra or lines else "")
     (folder / "report.md").write_text(text + "\n")
     return text + f"\n(report in {folder}: {', '.join(files)})"
 
-
-def _finite(obj):
-    """NaN -> None and points tuples -> lists, so the JSON is strict."""
-    from lsa_ds.eval.report import _finite as finite
-
-    return finite(obj)

@@ -101,7 +101,8 @@ def test_a_sweep_without_seeds_gets_the_report_it_always_had(tmp_path, monkeypat
         fake_run(p.run_dir, {"loss@64": 4.0})
     text = write_sweep_report(sweep_spec.load_sweep(abl), tmp_path / "rep")
     assert sorted(f.name for f in (tmp_path / "rep").iterdir()) == ["report.csv", "report.md", "report.png"]
-    assert "Arms" not in text and text.endswith(f"(report in {tmp_path / 'rep'}: report.md, report.csv, report.png)")
+    assert cli.main(["sweep", str(abl), "--report", "--baseline", "enabled-false"]) == 2  # no seeds, no arms
+    assert "Arms" not in text and "Across the sweep" not in text and text.endswith(f"(report in {tmp_path / 'rep'}: report.md, report.csv, report.png)")
 
 
 # ------------------------------------------------------------ lsa eval reports: seeds × windows
@@ -115,8 +116,11 @@ def _ci(v: np.ndarray) -> dict:
 def fake_eval(run: Path, shift: float, seed: int, sha: str = "w1") -> None:
     """An `lsa eval` report.json of the shape eval/cli.py writes: per-window NLL at 64 and 128
     tokens, per-sample misalignment of the last position, passkey."""
-    rng = np.random.default_rng(seed)  # the same text for every arm: seed-dependent, arm-independent
-    nll = {n: (3.0 + n / 256 + 0.1 * seed + rng.normal(0, 0.2, WINDOWS) + shift * (n / 64)) for n in (64, 128)}
+    text = np.random.default_rng(0).normal(0, 0.5, WINDOWS)  # how hard each window is: the same for every run
+    rng = np.random.default_rng(seed)  # the seed's own effect on every window, the same in every arm
+    own = np.random.default_rng([seed, round(shift * 1000)]).normal(0, 0.02, WINDOWS)  # this run's noise
+    nll = {n: 3.0 + n / 256 + 1.0 * seed + text + rng.normal(0, 0.3, WINDOWS) + shift * (n / 64) + own
+           for n in (64, 128)}
     sce = 5.0 + rng.normal(0, 0.1, WINDOWS) - 2 * shift
     skl = 0.2 + rng.uniform(0, 0.05, WINDOWS) + shift
     model = {"name": run.name, "kind": "run", "train_len": 64, "train_loss": 3.0 + shift,
@@ -157,7 +161,9 @@ def test_eval_numbers_are_paired_window_by_window_and_seed_by_seed(evaluated):
     w = rows[("st-alpha0.1", "eval loss@128")]
     d = np.stack([_nll(f"st-alpha0.1-seed{s}", 128) - _nll(f"st-enabled-false-seed{s}", 128) for s in range(3)])
     assert w["windows"] == f"3x{WINDOWS}" and float(w["wdiff"]) == pytest.approx(d.mean())
-    assert float(w["wdiff_lo"]) <= d.mean() <= float(w["wdiff_hi"])
+    # paired on the right seed and window, the differences are the shift plus small noise: a narrow
+    # interval; pairing seed 0 with seed 1 (1 nat apart) or window j with another would widen it past 0.1
+    assert float(w["wdiff_lo"]) <= d.mean() <= float(w["wdiff_hi"]) and float(w["wdiff_hi"]) - float(w["wdiff_lo"]) < 0.1
     assert (int(w["wlower"]), int(w["whigher"])) == (int((d.mean(0) < 0).sum()), int((d.mean(0) > 0).sum()))
     # the seed-paired row of the same number compares per-seed means of ln(exp(mean NLL)) = mean NLL
     assert float(w["diff"]) == pytest.approx(d.mean(axis=1).mean())
@@ -171,9 +177,10 @@ def test_eval_numbers_are_paired_window_by_window_and_seed_by_seed(evaluated):
     assert "## Across the sweep's 9 evaluated runs: Misalignment versus long-context quality" in md
     assert "the target is 0 for every model: nothing to correlate" in md
     corr = json.loads((folder / "report-correlation.json").read_text())
-    pair = next(p for p in corr["table"]["pairs"] if p["predictor"] == "misalignment SKL (last)"
+    assert (corr["table"]["resampled"], corr["table"]["groups"]) == ("groups", 3)  # whole arms, not runs
+    pair = next(p for p in corr["table"]["pairs"] if p["predictor"] == "held-out loss at L"
                 and p["target"].startswith("loss@2×L"))
-    assert pair["n"] == 9 and pair["pearson"] > 0.9  # SKL grows with the shift, and so does loss at 2L
+    assert pair["n"] == 9 and pair["pearson"] > 0.9  # both carry the seed's and the arm's offsets
     for png in ("report.png", "report-arms.png", "report-correlation.png"):
         assert (folder / png).stat().st_size > 10_000
 
@@ -190,5 +197,7 @@ def test_windows_read_differently_are_not_paired_and_the_cli_names_the_baseline(
     rows = {(r["arm"], r["number"]): r for r in csv.DictReader(Path("runs/sweeps/st/report-arms.csv").open())}
     assert rows[("st-alpha0.1", "eval loss@64")]["windows"] == f"2x{WINDOWS}"  # seed 1 read other windows
     assert rows[("st-alpha0.1", "eval loss@64")]["paired_seeds"] == "0;1;2"   # its per-seed mean still pairs
-    assert cli.main(["sweep", str(evaluated), "--report", "--baseline", "nope"]) == 2
-    assert "--baseline nope: not one of the arms" in capsys.readouterr().err
+    for mode in (["--report"], []):  # refused before anything is trained or written
+        assert cli.main(["sweep", str(evaluated), *mode, "--baseline", "nope"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("error: --baseline nope: not one of the arms st-alpha0.1, st-alpha0.3, st-enabled-false")

@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, rect=None) -> Path:
+    fig.tight_layout(**({"rect": rect} if rect else {}))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -121,8 +121,5 @@ def correlation_plot(correlation: dict, path: Path, group_of=None) -> Path | Non
     if groups:
         handles = [plt.Line2D([], [], marker="o", ls="", color=f"C{i % 10}", label=g) for i, g in enumerate(groups)]
         fig.legend(handles=handles, loc="lower center", ncol=min(4, len(groups)), fontsize=7)
-        fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(groups) - 1) // 4), 1, 1))
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return _save(fig, path, rect=(0, 0.04 + 0.025 * ((len(groups) - 1) // 4), 1, 1))
     return _save(fig, path)

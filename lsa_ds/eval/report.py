@@ -85,7 +85,7 @@ def _points(models: list[dict], x_of, y_of) -> list[tuple[float, float, str]]:
             if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
 
 
-def _table_pairs(models: list[dict], n_boot: int, seed: int) -> dict:
+def _table_pairs(models: list[dict], n_boot: int, seed: int, groups: dict[str, str] | None = None) -> dict:
     """Every predictor × target pair: Pearson and Spearman r with bootstrap 95% intervals."""
     variant = _variant(models)
     loss_label, loss_of = _loss_at_l(models)
@@ -107,23 +107,26 @@ def _table_pairs(models: list[dict], n_boot: int, seed: int) -> dict:
                 pairs.append({**entry, "skipped": f"the {same} is {(xs if same == 'predictor' else ys)[0]:g} "
                                                   "for every model: nothing to correlate"})
                 continue
-            r, rho = bootstrap_ci(xs, ys, pearson, n_boot, seed), bootstrap_ci(xs, ys, spearman, n_boot, seed)
+            labels = [groups.get(q[2], q[2]) for q in points] if groups else None
+            r, rho = (bootstrap_ci(xs, ys, f, n_boot, seed, labels) for f in (pearson, spearman))
             pairs.append({**entry, "pearson": r.value, "spearman": rho.value, "pearson_ci": r.to_dict(),
                           "spearman_ci": rho.to_dict(), "points": points})
     return {"misalignment_variant": variant, "loss_at_L": loss_label, "targets": [t for t, _ in targets],
-            "n_boot": n_boot, "pairs": pairs}
+            "n_boot": n_boot, "resampled": "groups" if groups else "models",
+            "groups": len(set(groups.get(m["name"], m["name"]) for m in models)) if groups else None, "pairs": pairs}
 
 
-def correlate(models: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+def correlate(models: list[dict], n_boot: int = 2000, seed: int = 0, groups: dict[str, str] | None = None) -> dict:
     """How well misalignment and training loss predict long-context quality across models (the
     paper's Table 1). Needs at least 4 models.
 
     `table` holds every predictor × target pair with bootstrap 95% intervals (see `_table_pairs`);
     `predictors` keeps the first analysis — each predictor against perplexity at the longest
-    length, with the final training loss — for the correlation plot and older readers."""
+    length, with the final training loss — for older readers. `groups` ({model name: group},
+    e.g. a sweep's arms) makes the bootstrap resample whole groups."""
     if len(models) < MIN_CORRELATION_MODELS:
         return {"skipped": f"needs at least {MIN_CORRELATION_MODELS} models (got {len(models)})"}
-    out = {"length": None, "target": None, "predictors": [], "table": _table_pairs(models, n_boot, seed)}
+    out = {"length": None, "target": None, "predictors": [], "table": _table_pairs(models, n_boot, seed, groups)}
     with_ppl = [m for m in models if m.get("perplexity")]
     if not with_ppl:
         return out
@@ -248,8 +251,11 @@ def correlation_md(corr: dict | None) -> list[str]:
              _fmt(p["paper_abs_r"], ".2f"), p.get("skipped", "")] for p in table["pairs"]]
     return [title, "",
             f"Correlation across models (up to {n_models}) of each predictor with each long-context target: Pearson r "
-            f"and Spearman ρ with 95% percentile-bootstrap intervals ({table['n_boot']} resamples of the models; "
-            "resamples where a side is constant are dropped). Targets: held-out loss (ln perplexity) at every "
+            f"and Spearman ρ with 95% percentile-bootstrap intervals ({table['n_boot']} resamples of "
+            + (f"the {table['groups']} groups of models, each drawn whole: the seeds of one arm share its effect, so "
+               "drawing them one by one would overstate the evidence; "
+               if table.get("resampled") == "groups" else "the models; ")
+            + "resamples where a side is constant are dropped). Targets: held-out loss (ln perplexity) at every "
             "evaluated length above the training length L, and retrieval / benchmark accuracy where measured. "
             f"Predictors: misalignment of {variant}, and {loss}. Less misalignment and lower loss are better, so a "
             "useful predictor has r > 0 against loss and r < 0 against accuracy. The paper's Table 1 reports "
@@ -324,14 +330,14 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _finite(obj):
+def finite(obj):
     """NaN/inf -> None, so report.json is strict JSON."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj
 
 
@@ -345,7 +351,7 @@ def write_report(report: dict, out_dir: Path) -> Path:
     if report.get("correlation") and "table" in report["correlation"]:
         made.append(plots.correlation_plot(report["correlation"], out_dir / "correlation.png"))
     report["plots"] = [p.name for p in made if p is not None]
-    (out_dir / "report.json").write_text(json.dumps(_finite(report), indent=2, default=str))
+    (out_dir / "report.json").write_text(json.dumps(finite(report), indent=2, default=str))
     md = out_dir / "report.md"
     md.write_text(render_markdown(report))
     return md

@@ -159,19 +159,30 @@ class BootCI:
         return f"{self.value:{fmt}} [{self.lo:{fmt}}, {self.hi:{fmt}}]"
 
 
-def bootstrap_ci(x, y, stat: Callable = pearson, n_boot: int = 2000, seed: int = 0) -> BootCI:
+def bootstrap_ci(x, y, stat: Callable = pearson, n_boot: int = 2000, seed: int = 0, groups=None) -> BootCI:
     """`stat(x, y)` with the 2.5 and 97.5 percentiles of its bootstrap distribution: (x_i, y_i)
     pairs are resampled with replacement, and resamples where the statistic is NaN (one side
-    constant, likely with a handful of points) are dropped. Deterministic given `seed`."""
+    constant, likely with a handful of points) are dropped. `groups` (one label per pair) resamples
+    whole groups instead — the seeds of one arm share the arm's effect, so resampling them one by
+    one would treat them as independent models and make the interval too narrow. Deterministic
+    given `seed`."""
     a, b = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
     if a.shape != b.shape:
         raise ValueError(f"bootstrap_ci needs x and y of one length, got {a.size} and {b.size}")
     value = float(stat(a, b))
     if a.size < 2:
         return BootCI(value, math.nan, math.nan, int(a.size), 0)
-    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
-    rows = _ROWWISE.get(stat)
-    boot = rows(a[idx], b[idx]) if rows else np.array([stat(a[i], b[i]) for i in idx], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        labels = np.asarray([str(g) for g in groups])
+        members = [np.flatnonzero(labels == g) for g in dict.fromkeys(labels)]
+        draws = rng.integers(0, len(members), size=(n_boot, len(members)))
+        boot = np.array([stat(a[i], b[i]) for i in (np.concatenate([members[k] for k in row]) for row in draws)],
+                        dtype=np.float64)
+    else:
+        idx = rng.integers(0, a.size, size=(n_boot, a.size))
+        rows = _ROWWISE.get(stat)
+        boot = rows(a[idx], b[idx]) if rows else np.array([stat(a[i], b[i]) for i in idx], dtype=np.float64)
     boot = boot[np.isfinite(boot)]
     if boot.size == 0:
         return BootCI(value, math.nan, math.nan, int(a.size), 0)
@@ -188,6 +199,8 @@ def bootstrap_p(diffs, n_boot: int = 10000, seed: int = 0) -> float:
     d = np.asarray(diffs, dtype=np.float64).ravel()
     if d.size == 0:
         raise ValueError("bootstrap_p of no differences")
+    if not np.isfinite(d).all():
+        return math.nan  # a NaN would fail every comparison and read as the smallest p
     observed = abs(float(d.mean()))
     centred = d - d.mean()
     rng = np.random.default_rng(seed)
@@ -244,58 +257,64 @@ def paired(model, baseline, interval: Callable[..., MeanCI] = mean_ci, n_boot: i
 
 
 @dataclass(frozen=True)
-class NestedPaired:
+class CrossedPaired:
     """Model minus baseline over seeds × windows: both trained with the same seeds and scored on
     the same windows, so the difference of seed s on window w is paired twice over."""
 
     diff: BootCI
-    """Mean difference over every (seed, window) pair, with a two-level bootstrap interval."""
+    """Mean difference over every (seed, window) pair, with a two-way bootstrap interval."""
     seeds: int
     units: int
     better: int
     """Windows whose difference, averaged over the seeds, is below 0."""
     worse: int
     p_sign: float
-    """Exact sign test over those seed-averaged windows."""
+    """Exact sign test over those seed-averaged windows (given these seeds: no seed noise in it)."""
     p_boot: float
-    """Two-sided p of a zero mean from the same two-level bootstrap, centred."""
+    """Two-sided p of a zero mean from the same two-way bootstrap, centred."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _nested_means(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of `n_boot` two-level resamples of d [seeds, units]: seeds with replacement, then
-    units with replacement within each drawn seed."""
+def _crossed_means(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of `n_boot` two-way resamples of d [seeds, units]: seeds with replacement and,
+    independently, one draw of units with replacement shared by every drawn seed — every seed read
+    the same windows, so a window's own effect must move with it across seeds."""
     s, u = d.shape
     out = np.empty(n_boot)
     block = max(1, 2_000_000 // (s * u))
     for start in range(0, n_boot, block):
         b = min(block, n_boot - start)
         seeds = rng.integers(0, s, size=(b, s, 1))
-        units = rng.integers(0, u, size=(b, s, u))
+        units = rng.integers(0, u, size=(b, 1, u))
         out[start:start + b] = d[seeds, units].mean(axis=(1, 2))
     return out
 
 
-def nested_paired(model, baseline, n_boot: int = 10000, seed: int = 0) -> NestedPaired:
-    """The paired comparison of two [seeds, units] arrays (seed i of the model against seed i of
-    the baseline, unit j the same held-out window in both). The interval and p resample seeds and
-    then windows (a two-level bootstrap), so they carry both the training noise and the choice of
-    text; with 3 seeds the seed level has only 10 distinct draws, so read the interval as rough.
-    The sign test asks whether most windows gain once the seeds are averaged."""
+def crossed_paired(model, baseline, n_boot: int = 10000, seed: int = 0) -> CrossedPaired:
+    """The paired comparison of two [seeds, units] arrays: seed i of the model against seed i of
+    the baseline, unit j the same held-out window in every run. Seeds and windows are crossed
+    factors, so the interval and p come from a two-way ("pigeonhole") bootstrap that resamples
+    seeds and windows independently: the training noise and the choice of text are both in them.
+    With 3 seeds the seed level has 10 distinct draws, so the interval under-covers (the tests
+    measure it). The sign test asks whether most windows gain once the seeds are averaged; it is
+    conditional on these seeds. Non-finite values are refused."""
     a, b = np.asarray(model, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2 or a.size == 0:
-        raise ValueError(f"nested_paired needs two equal non-empty [seeds, units] arrays, got {a.shape} and {b.shape}")
+        raise ValueError(f"crossed_paired needs two equal non-empty [seeds, units] arrays, got {a.shape} and {b.shape}")
+    if n_boot < 1:
+        raise ValueError(f"crossed_paired needs n_boot >= 1, got {n_boot}")
     d = a - b
+    if not np.isfinite(d).all():
+        raise ValueError("crossed_paired of non-finite values")
     rng = np.random.default_rng(seed)
     mean = float(d.mean())
-    boot = _nested_means(d, n_boot, rng)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    null = _nested_means(d - mean, n_boot, rng)
+    lo, hi = np.percentile(_crossed_means(d, n_boot, rng), [2.5, 97.5])
+    null = _crossed_means(d - mean, n_boot, rng)
     tol = 1e-12 * max(1.0, float(np.abs(d).max()))
     p_boot = (1 + int((np.abs(null) >= abs(mean) - tol).sum())) / (1 + n_boot)
     per_unit = d.mean(axis=0)
     better, worse = int((per_unit < 0).sum()), int((per_unit > 0).sum())
-    return NestedPaired(BootCI(mean, float(lo), float(hi), int(d.size), n_boot), d.shape[0], d.shape[1],
-                        better, worse, sign_test(better, worse), p_boot)
+    return CrossedPaired(BootCI(mean, float(lo), float(hi), int(d.size), n_boot), d.shape[0], d.shape[1],
+                         better, worse, sign_test(better, worse), p_boot)
