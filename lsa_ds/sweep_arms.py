@@ -206,9 +206,45 @@ def _seeds(a: dict) -> str:
             + (f"; {', '.join(map(_v, waiting))} not finished" if waiting else ""))
 
 
+def headline(view: dict) -> list[str]:
+    """The numbers of the summary tables: `lsa eval` loss at L and above (the training length most
+    runs have), then misalignment and entropy at the last position, SKL over the overlap, passkey."""
+    lens = [r["eval"]["model"].get("train_len") for a in view["arms"] for r in a["rows"].values()
+            if (r["eval"] or {}).get("model")]
+    L = max(set(lens), key=lens.count) if lens else 0
+    have = set(view["metrics"])
+    loss = [m for m in view["metrics"] if m.startswith("eval loss@") and int(m.split("@")[1]) >= (L or 0)]
+    rest = ["eval skl (last)", "eval sce (last)", "eval entropy (last)", "eval skl (overlap)", "eval passkey"]
+    return loss + [m for m in rest if m in have]
+
+
+def summary_markdown(view: dict) -> list[str]:
+    """Two compact tables, arms as rows: the headline numbers over seeds, and their seeds ×
+    windows difference from the baseline."""
+    cols = headline(view)
+    if not cols:
+        return []
+    arms = view["arms"]
+    out = ["## Summary", "", "Per arm, mean over its finished seeds [95% interval across seeds, Student t]; "
+           "`lsa eval` numbers (loss = ln perplexity at each context length; misalignment and entropy of the "
+           "predictions at the last position; symmetric KL over the overlap; passkey accuracy). The sections "
+           "below have every number.", ""]
+    out += _table(["arm", "seeds", *cols], [[a["name"], str(len(a["seeds"])), *[_ci(a["stats"].get(m), ".3f") for m in cols]]
+                                            for a in arms])
+    pair_cols = [m for m in cols if any(m in a["window_paired"] for a in arms)]
+    body = [[a["name"], *[(f"{_ci(p['diff'], '+.3f', mean='value')} p {p['p_boot']:.2g}" if (p := a["window_paired"].get(m))
+                          else "–") for m in pair_cols]] for a in arms if a["window_paired"]]
+    if body:
+        out += [f"Against the baseline `{view['baseline']}`: arm minus baseline over the same seeds × windows "
+                "[95% two-way bootstrap interval] and its bootstrap p (details and sign tests below). Negative is "
+                "lower loss, less misalignment, sharper predictions.", ""]
+        out += _table(["arm", *pair_cols], body)
+    return out
+
+
 def arms_markdown(view: dict) -> list[str]:
     arms, metrics = view["arms"], view["metrics"]
-    out = ["## Arms over seeds", "",
+    out = [*summary_markdown(view), "## Arms over seeds", "",
            f"Points that differ only in `{view['seed_key']}` form one arm. Each cell: the mean over the arm's "
            "finished seeds [95% interval across seeds: Student t with n − 1 degrees of freedom — with 3–5 "
            "seeds the normal 1.96 would be far too narrow]. Rows without `eval` come from the training-time "
