@@ -158,3 +158,16 @@ def test_crossed_paired_interval_covers_the_true_shift_with_three_seeds():
         out = crossed_paired(d, np.zeros_like(d), n_boot=400, seed=int(rng.integers(1 << 30)))
         hits += out.diff.lo <= 0.2 <= out.diff.hi
     assert 0.86 <= hits / 200 <= 0.99
+
+
+def test_a_grouped_bootstrap_draws_whole_groups():
+    """Three arms of three seeds: drawing arms whole, all three drawn arms are the same one with
+    probability 3/27, and then x is constant and the resample is dropped; drawing the nine runs one
+    by one almost never makes x constant."""
+    x = np.repeat([0.0, 1.0, 2.0], 3)
+    y = x + np.array([0.1, -0.1, 0.0, 0.2, -0.2, 0.0, 0.1, 0.0, -0.1])
+    arms = np.repeat(["a", "b", "c"], 3)
+    grouped, single = bootstrap_ci(x, y, pearson, 4000, 0, arms), bootstrap_ci(x, y, pearson, 4000, 0)
+    assert grouped.value == single.value == pytest.approx(pearson(x, y))
+    assert 4000 * (1 - 3 / 27) * 0.95 < grouped.n_boot < 4000 * (1 - 3 / 27) * 1.05
+    assert single.n_boot > 3990 and grouped.lo <= grouped.value <= grouped.hi
