@@ -7,9 +7,10 @@ recipe's eval lengths, and the held-out misalignment and CE gap) and, when
 (with 95% intervals) and passkey accuracy. A run that does not exist yet is listed as missing; one
 without an hf/ export as unfinished.
 
-When `train.seed` is a grid key, points that differ only in it form one *arm*: report.md gets the
-mean over seeds of every number with its 95% interval across seeds (Student t), and each arm's
-paired difference from the baseline arm seed by seed; report-arms.csv has the same numbers.
+When `train.seed` is a grid key, points that differ only in it form *arms* (lsa_ds/sweep_arms.py:
+means over seeds, paired differences seed by seed and over seeds × windows, report-arms.csv/.png).
+With 4 or more evaluated runs the paper's Table 1 is computed across them
+(lsa_ds/sweep_correlation.py).
 """
 
 from __future__ import annotations
