@@ -75,19 +75,24 @@ def units(row: dict) -> dict[str, tuple[str, np.ndarray]]:
     return {k: (sha, x) for k, (sha, x) in out.items() if x.size and np.isfinite(x).all()}
 
 
+def arm_of_point(sweep, point) -> tuple[str, str, dict]:
+    """(arm name, label, grid values without the seed) of one point: its run name less the seed."""
+    from lsa_ds.sweep_spec import label
+
+    rest = {k: v for k, v in point.values.items() if k != SEED_KEY}
+    arm_label = label(rest, [k for k in sweep.keys() if k != SEED_KEY]) if rest else ""
+    return (f"{sweep.name}-{arm_label}" if arm_label else sweep.name), arm_label, rest
+
+
 def check_baseline(sweep, wanted: str | None) -> None:
     """Refuse a `--baseline` that names no arm, before anything trains (one line, exit 2)."""
     if wanted is None:
         return
     if SEED_KEY not in sweep.keys():
         raise UserError(f"--baseline {wanted}: the sweep {sweep.name} has no arms (train.seed is not a grid key)")
-    from lsa_ds.sweep_spec import label
-
-    others = [k for k in sweep.keys() if k != SEED_KEY]
-    labels = {label(r, others) if (r := {k: v for k, v in p.values.items() if k != SEED_KEY}) else "" for p in sweep.points}
-    if wanted not in labels | {f"{sweep.name}-{x}" if x else sweep.name for x in labels}:
-        raise UserError(f"--baseline {wanted}: not one of the arms "
-                        f"{', '.join(sorted(f'{sweep.name}-{x}' if x else sweep.name for x in labels))}")
+    arms = {arm_of_point(sweep, p)[:2] for p in sweep.points}
+    if not any(wanted in pair for pair in arms):
+        raise UserError(f"--baseline {wanted}: not one of the arms {', '.join(sorted(n for n, _ in arms))}")
 
 
 def _baseline(arms: list[dict], wanted: str | None) -> tuple[dict | None, str]:
@@ -107,15 +112,11 @@ def group_arms(sweep, rows: list[dict]) -> list[dict] | None:
     in), or None when the grid has no seeds or every arm has one point."""
     if SEED_KEY not in sweep.keys():
         return None
-    from lsa_ds.sweep_spec import label
-
-    other_keys = [k for k in sweep.keys() if k != SEED_KEY]
     groups: dict[str, dict] = {}
     for point, row in zip(sweep.points, rows[len(sweep.requires):]):
-        rest = {k: v for k, v in point.values.items() if k != SEED_KEY}
-        arm_label = label(rest, other_keys) if rest else ""
+        name, arm_label, rest = arm_of_point(sweep, point)
         arm = groups.setdefault(json.dumps(rest, sort_keys=True, default=str), {
-            "name": f"{sweep.name}-{arm_label}" if arm_label else sweep.name, "label": arm_label, "values": rest,
+            "name": name, "label": arm_label, "values": rest,
             "align_off": rest.get("align.enabled", point.recipe.align.enabled) is False, "planned": [],
             "runs": {}, "units": {}, "rows": {}})
         seed = point.values.get(SEED_KEY)

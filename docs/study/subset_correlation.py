@@ -6,15 +6,17 @@ runs' `lsa eval` reports; prints the rows of docs/study/report.md's subset table
 """
 
 from lsa_ds.eval.report import correlate
+from lsa_ds.sweep_arms import arm_of_point
 from lsa_ds.sweep_correlation import sweep_models
 from lsa_ds.sweep_report import gather
 from lsa_ds.sweep_spec import load_sweep
 
 sweep = load_sweep("recipes/ablations/cpu-study.yaml")
 rows = [gather(p) for p in sweep.points]
-keep = [r for r, p in zip(rows, sweep.points)
+kept = [(r, p) for r, p in zip(rows, sweep.points)
         if not p.recipe.align.enabled or p.recipe.align.alpha == 0 or p.recipe.align.divergence != "sce"]
-arm = {r["run"]: r["run"].rsplit("-seed", 1)[0] for r in keep}  # resample arms whole, as the sweep report does
+keep = [r for r, _ in kept]
+arm = {r["run"]: arm_of_point(sweep, p)[0] for r, p in kept}  # resample arms whole, as the sweep report does
 corr = correlate(sweep_models(keep), n_boot=2000, groups=arm)
 print(f"{len(sweep_models(keep))} evaluated runs in {len(set(arm.values()))} arms")
 for p in corr["table"]["pairs"]:
