@@ -52,7 +52,7 @@ def cpu_s() -> float:
 
 
 def data_config(corpus: Path, cache: Path, tokenizer: str | None, batch_docs: int = 256):
-    from lsa_ds.config import DataConfig, SourceConfig
+    from lsa_ds.recipe.schema import DataConfig, SourceConfig
 
     return DataConfig(sources=[SourceConfig(name="corpus", type="jsonl", path=str(corpus))], cache_dir=str(cache),
                       tokenizer={"path": tokenizer} if tokenizer else {}, threads=2, batch_docs=batch_docs)
@@ -132,7 +132,7 @@ def run_child(kind: str, *args: str | int | None) -> dict:
 # ------------------------------------------------------------------------------- the corpus
 def export_corpus(out: Path, quick: bool) -> tuple[Path, Path, int]:
     """The stdlib corpus's training documents as JSONL (1x) and the same documents 4 times over (4x)."""
-    from lsa_ds.config import SourceConfig
+    from lsa_ds.recipe.schema import SourceConfig
     from lsa_ds.data.sources import iter_records
 
     one, four, chars = out / "corpus-1x.jsonl", out / "corpus-4x.jsonl", 0
@@ -152,7 +152,7 @@ def loader_vs_step(corpus: Path, cache: Path, tokenizer: str, quick: bool, batch
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lsa_ds.config import Recipe
+    from lsa_ds.recipe import Recipe
     from lsa_ds.data import WindowLoader, build_windows, open_cache
 
     data = data_config(corpus, cache, tokenizer, batch_docs)  # same config = same cache folder hash

@@ -8,21 +8,19 @@ parameter; `lora` trains LoRA r 8 (alpha 16) on the attention and MLP projection
 Each variant is its own 2-rank DeepSpeed launch (its peak RSS is its own); the variants alternate
 `--repeats` times and the median of each counts. Reported as lora / full ratios: median step time
 (wall clock and the CPU seconds both ranks spent), peak RSS per rank, and the size of one
-checkpoint (`lsa_ds.checkpoint.save`: DeepSpeed's files plus ours) on disk. Not a test.
+checkpoint (`lsa_ds.train.checkpoint.save`: DeepSpeed's files plus ours) on disk. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
-import time
 from pathlib import Path
 
-from lsa_ds.distributed import exit_rank, init_distributed
-from ranks import run_ranks  # bench/ranks.py, beside this script
+from lsa_ds.train.distributed import exit_rank, init_distributed
+from ranks import run_ranks, timed_steps  # bench/ranks.py, beside this script
 
 VARIANTS = ("full", "lora")
 
@@ -43,15 +41,15 @@ def base_folder(out: Path, seq_len: int, vocab: int) -> Path:
 
 def rank_main(args) -> None:
     import numpy as np
-    import torch
     import torch.distributed as dist
 
-    from lsa_ds import checkpoint
-    from lsa_ds.config import load_recipe
-    from lsa_ds.data.views import draw_shifts, make_views
-    from lsa_ds.ds_config import resolve_ds_config
-    from lsa_ds.engine import Engine
-    from lsa_ds.model import build_hf_config, build_model, count_params
+    from lsa_ds.train import checkpoint
+    from lsa_ds.recipe import load_recipe
+    from lsa_ds.align.views import draw_shifts, make_views
+    from lsa_ds.recipe.ds_config import resolve_ds_config
+    from lsa_ds.train.engine import Engine
+    from lsa_ds.model.config import build_hf_config
+    from lsa_ds.model.build import build_model, count_params
 
     rank, world = init_distributed()
     L, V = args.seq_len, args.vocab
@@ -69,19 +67,7 @@ def rank_main(args) -> None:
         w = rng.integers(0, V, size=(1, recipe.window_tokens))
         return make_views(w, L, draw_shifts([int(rng.integers(1 << 30))], 0, 1, L // 2))
 
-    times, cpu = [], []
-    for _ in range(args.steps):
-        dist.barrier()
-        t0, c0 = time.perf_counter(), time.process_time()
-        engine.train_step([views()])
-        c1 = time.process_time()
-        dist.barrier()
-        times.append(time.perf_counter() - t0)
-        cpu.append(c1 - c0)
-    rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])
-    dist.all_reduce(rss, op=dist.ReduceOp.MAX)
-    cpu_all = torch.tensor(cpu, dtype=torch.float64)
-    dist.all_reduce(cpu_all)
+    timing = timed_steps(lambda: engine.train_step([views()]), args.steps)
     if rank == 0:
         shutil.rmtree(run_dir, ignore_errors=True)
     dist.barrier()
@@ -89,10 +75,8 @@ def rank_main(args) -> None:
     if rank == 0:
         size = sum(f.stat().st_size for f in (run_dir / "checkpoints" / tag).rglob("*") if f.is_file())
         trainable = count_params(lm, trainable=True)
-        median = lambda xs: statistics.median(xs[2:] or xs)  # noqa: E731  (first 2 steps warm up)
-        Path(args.result).write_text(json.dumps({
-            "variant": args.variant, "step_s": median(times), "cpu_s": median(cpu_all.tolist()),
-            "all_step_s": times, "peak_rss_mb": rss.item(), "checkpoint_bytes": size, "trainable_params": trainable}))
+        Path(args.result).write_text(json.dumps({"variant": args.variant, **timing, "checkpoint_bytes": size,
+                                                 "trainable_params": trainable}))
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -1,4 +1,4 @@
-"""Loss benchmarks (lsa_ds/losses.py): chunked alignment losses vs a naive materialised baseline.
+"""Loss benchmarks (lsa_ds/align/losses.py): chunked alignment losses vs a naive materialised baseline.
 
     python bench/bench_losses.py [--out bench/out] [--quick] [--threads 1]
 
@@ -63,10 +63,10 @@ def vm_hwm_mib() -> float:
 
 
 def views(T: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """One sample's [A; S] inputs with E = T/2 and overlap pairs, from lsa_ds.data.views."""
+    """One sample's [A; S] inputs with E = T/2 and overlap pairs, from lsa_ds.align.views."""
     import numpy as np
 
-    from lsa_ds.data.views import make_views
+    from lsa_ds.align.views import make_views
 
     shifts = np.array([T // 2])
     windows = np.random.default_rng(seed).integers(0, vocab, (1, T + T // 2 + 1))
@@ -86,7 +86,7 @@ def naive_sce(logits: torch.Tensor, pair_mask: torch.Tensor, shifts: torch.Tenso
 @contextlib.contextmanager
 def recompute_math(on: bool):
     """closed_norec: let checkpoint's recompute run the chunk math too (the flag never set)."""
-    from lsa_ds import losses
+    from lsa_ds.align import losses
 
     saved = losses._context_fn
     if not on:
@@ -99,7 +99,7 @@ def recompute_math(on: bool):
 
 def loss_step(variant: str, hidden: torch.Tensor, v: dict, proj: torch.nn.Module) -> None:
     """One forward + backward of the loss-only problem."""
-    from lsa_ds.losses import alignment_losses
+    from lsa_ds.align.losses import alignment_losses
 
     if variant == "naive":
         logits = proj(hidden).float()
@@ -177,7 +177,7 @@ def loss_times(T: int, rounds: int, env: dict | None) -> dict:
 def child_step(name: str, rounds: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lsa_ds.losses import alignment_losses, chunked_ce
+    from lsa_ds.align.losses import alignment_losses, chunked_ce
 
     spec = dict(MODELS[name])
     seq = spec.pop("seq")

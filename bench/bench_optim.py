@@ -1,10 +1,10 @@
 """Optimizer benchmark: torch's fused AdamW (`optim.impl=fused`, the default) against its per-tensor
-loop (`optim.impl=torch`, the default before), side by side on the `demo` preset (hidden 192,
+loop (`optim.impl=torch`, the default before), side by side on the `cpu-h192` preset (hidden 192,
 4 layers: DESIGN §4's calibration shape; the demo itself now trains the smaller `demo-h64`).
 
     python bench/bench_optim.py [--pairs 3] [--steps 16] [--seq-len 512] [--out bench/out/optim]
 
-Each arm is a real `lsa train` launch (2 ranks, ZeRO-3, CPU) of the demo preset on the embedded
+Each arm is a real `lsa train` launch (2 ranks, ZeRO-3, CPU) of the cpu-h192 preset on the embedded
 stdlib corpus with the same windows. The arms alternate A B A B ... and the fused / loop ratio is
 taken pair by pair from the median `step_time` of each run's metrics.jsonl (first 3 steps dropped:
 warm-up), so drift of a shared machine's speed moves both sides of a ratio alike. Not a test: it
@@ -28,7 +28,7 @@ ARMS = {"fused": "optim.impl=fused", "loop": "optim.impl=torch"}
 
 def run_arm(arm: str, args, out: Path, pair: int) -> float:
     name = f"{arm}-{pair}"
-    sets = ["model.preset=demo", f"model.overrides={{max_position_embeddings: {args.seq_len}}}", f"train.seq_len={args.seq_len}", f"train.max_steps={args.steps}",
+    sets = ["model.preset=cpu-h192", f"model.overrides={{max_position_embeddings: {args.seq_len}}}", f"train.seq_len={args.seq_len}", f"train.max_steps={args.steps}",
             "train.micro_batch_size=2", "align.enabled=true", "align.alpha=0.1", "eval.windows=2",
             f"eval.lengths=[{args.seq_len}]", f"run.output_dir={out}", f"run.name={name}", ARMS[arm]]
     cmd = [sys.executable, "-m", "lsa_ds.cli", "train", str(ROOT / "recipes" / "tiny-cpu.yaml"), "--nproc", "2",

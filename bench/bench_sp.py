@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from lsa_ds.distributed import exit_rank, init_distributed
+from lsa_ds.train.distributed import exit_rank, init_distributed
 from ranks import run_ranks  # bench/ranks.py, beside this script
 
 
@@ -35,12 +35,13 @@ def rank_main(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from lsa_ds import sequence_parallel
-    from lsa_ds.config import load_recipe
-    from lsa_ds.data.views import draw_shifts, make_views
-    from lsa_ds.ds_config import resolve_ds_config
-    from lsa_ds.engine import Engine
-    from lsa_ds.model import build_hf_config, build_model
+    from lsa_ds.train import sequence_parallel
+    from lsa_ds.recipe import load_recipe
+    from lsa_ds.align.views import draw_shifts, make_views
+    from lsa_ds.recipe.ds_config import resolve_ds_config
+    from lsa_ds.train.engine import Engine
+    from lsa_ds.model.config import build_hf_config
+    from lsa_ds.model.build import build_model
 
     rank, world = init_distributed()
     L, V = args.seq_len, 4096

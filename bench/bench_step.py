@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import time
 from pathlib import Path
 
-from lsa_ds.distributed import exit_rank, init_distributed
-from ranks import run_ranks  # bench/ranks.py, beside this script
+from lsa_ds.train.distributed import exit_rank, init_distributed
+from ranks import run_ranks, timed_steps  # bench/ranks.py, beside this script
 
 VARIANTS = ("alpha0", "alpha01", "naive")
 
@@ -37,14 +35,14 @@ def rank_main(args) -> None:
     import deepspeed
     import numpy as np
     import torch
-    import torch.distributed as dist
     import torch.nn.functional as F
 
-    from lsa_ds.config import load_recipe
-    from lsa_ds.data.views import draw_shifts, make_views
-    from lsa_ds.ds_config import resolve_ds_config
-    from lsa_ds.engine import Engine
-    from lsa_ds.model import build_hf_config, build_model
+    from lsa_ds.recipe import load_recipe
+    from lsa_ds.align.views import draw_shifts, make_views
+    from lsa_ds.recipe.ds_config import resolve_ds_config
+    from lsa_ds.train.engine import Engine
+    from lsa_ds.model.config import build_hf_config
+    from lsa_ds.model.build import build_model
 
     rank, world = init_distributed()
     L, V = args.seq_len, args.vocab
@@ -81,24 +79,9 @@ def rank_main(args) -> None:
             ds.backward(ce + 0.1 * sce)
             ds.step()
 
-    times, cpu = [], []
-    for i in range(args.steps):
-        dist.barrier()
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        c1 = time.process_time()  # before the barrier: waiting for the slower rank is not our work
-        dist.barrier()
-        times.append(time.perf_counter() - t0)
-        cpu.append(c1 - c0)
-    rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])
-    dist.all_reduce(rss, op=dist.ReduceOp.MAX)
-    cpu_all = torch.tensor(cpu, dtype=torch.float64)
-    dist.all_reduce(cpu_all)  # CPU seconds of both ranks per step
+    timing = timed_steps(step, args.steps)
     if rank == 0:
-        median = lambda xs: sorted(xs[2:] or xs)[len(xs[2:] or xs) // 2]  # noqa: E731  (first 2 steps warm up)
-        Path(args.result).write_text(json.dumps({
-            "variant": args.variant, "step_s": median(times), "all_step_s": times,
-            "cpu_s": median(cpu_all.tolist()), "all_cpu_s": cpu_all.tolist(), "peak_rss_mb": rss.item()}))
+        Path(args.result).write_text(json.dumps({"variant": args.variant, **timing}))
 
 
 def launch(variant: str, args, out: Path, arenas: str = "glibc") -> dict:

@@ -124,7 +124,7 @@ if [[ $dry_run == 1 ]]; then
     # checks the recipe and the overrides.
     run_dir=$("$py" - "$recipe" ${sets[@]+"${sets[@]}"} <<'EOF'
 import sys
-from lsa_ds.config import load_recipe
+from lsa_ds.recipe import load_recipe
 from lsa_ds.errors import UserError
 try:
     print(load_recipe(sys.argv[1], sys.argv[2:]).run_dir.resolve())

@@ -10,25 +10,25 @@ from __future__ import annotations
 import importlib
 import sys
 
+from lsa_ds.cli_help import WRITES
 from lsa_ds.errors import UserError
+from lsa_ds.quiet import quiet_known_noise
 
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("lsa_ds.train_cli", "train a recipe on DeepSpeed (launches the ranks)"),
+    "train": ("lsa_ds.train.cli", "train a recipe on DeepSpeed (launches the ranks)"),
     "demo": ("lsa_ds.demo", "the embedded default end to end: base 128 -> extended 512 on CPU, four arms"),
-    "export": ("lsa_ds.export", "write a checkpoint as a Hugging Face folder"),
+    "export": ("lsa_ds.train.export", "write a checkpoint as a Hugging Face folder"),
     "prepare": ("lsa_ds.data.prepare_cli", "tokenize the recipe's sources into the token cache"),
     "data": ("lsa_ds.data.show_cli", "inspect prepared data: `lsa data show RECIPE --index N`"),
     "eval": ("lsa_ds.eval.cli", "evaluate runs or HF models: perplexity vs length, passkey, misalignment"),
-    "sweep": ("lsa_ds.sweep", "expand an ablation grid into runs; run them, print their launch commands, or --report"),
+    "sweep": ("lsa_ds.sweep.cli", "expand an ablation grid into runs; run them, print their launch commands, or --report"),
     "synth": ("lsa_ds.synthetic.cli", "the paper's synthetic length-generalisation study (§3)"),
-    "config-doc": ("lsa_ds.config_doc", "print the recipe reference (Markdown) from the schema"),
+    "config-doc": ("lsa_ds.recipe.reference", "print the recipe reference (Markdown) from the schema"),
 }
 
 
 def _usage() -> str:
-    from lsa_ds.cli_help import WRITES
-
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {help_}\n  {'':<{width}}    writes: {WRITES[name]}"
                       for name, (_, help_) in COMMANDS.items())
@@ -44,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lsa: unknown command '{argv[0]}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    from lsa_ds.quiet import quiet_known_noise
-
     quiet_known_noise()
     try:
         return int(module.main(argv[1:]) or 0)

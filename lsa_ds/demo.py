@@ -20,10 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from lsa_ds.cli_help import command_parser
-from lsa_ds.config import load_recipe
 from lsa_ds.errors import UserError
-from lsa_ds.metrics_log import length_keys, read_rows, source_losses
-from lsa_ds.recipe_files import first_difference
+from lsa_ds.eval import cli as eval_cli
+from lsa_ds.recipe import load_recipe, recipe_changes
+from lsa_ds.rundir.metrics import length_keys, read_rows, source_losses
+from lsa_ds.train import cli as train_cli
+
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -76,22 +78,21 @@ def _committed_base() -> tuple[Path, int]:
     return COMMITTED_BASE, int(json.loads(cfg.read_text())["vocab_size"])
 
 
-def _same_recipe(run_dir: Path, recipe) -> str | None:
+def _changed_key(run_dir: Path, recipe) -> str | None:
     """None when the finished run in `run_dir` was trained from `recipe`; else the first key that
     differs (a base trained anew changes every arm's init_from, for example)."""
     try:
         had = load_recipe(run_dir / "config.yaml")
     except UserError:
         return "config.yaml"
-    diff = first_difference(had.model_dump(mode="json"), recipe.model_dump(mode="json"))
-    return diff and diff[0]
+    changes = recipe_changes(had, recipe)
+    return changes[0].key if changes else None
 
 
 def run_stages(overrides: list[str], nproc: int | None, stages: list[Stage] = STAGES,
                from_scratch: bool = False) -> list[tuple[str, Path, int]]:
     """Train each stage unless complete; returns (stage, run dir, vocab size) in order. Without
     `from_scratch` the base stage is the committed demo/tiny-cpu-base."""
-    from lsa_ds import train_cli
 
     console = Console()
     done: dict[str, tuple[str, Path, int]] = {}
@@ -109,7 +110,7 @@ def run_stages(overrides: list[str], nproc: int | None, stages: list[Stage] = ST
         recipe = load_recipe(RECIPES / stage.recipe, extra)
         run_dir = recipe.run_dir
         finished = (run_dir / "hf" / "config.json").is_file()
-        changed = finished and _same_recipe(run_dir, recipe)
+        changed = finished and _changed_key(run_dir, recipe)
         if finished and not changed:
             console.print(f"[green]stage {stage.name}: already complete[/] ({run_dir}), skipping")
         else:
@@ -221,7 +222,6 @@ def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int, data: 
     extended models read the same windows; `source`: only that source's held-out text):
     perplexity vs length, passkey, misalignment, paired differences, one report. Light settings so
     the demo stays within its time budget on two cores."""
-    from lsa_ds.eval import cli as eval_cli
 
     args = ["--compare", *[str(run) for _, run, _ in stages], "--out", str(out), "--threads", "1", "--no-progress",
             "--data", str(data), *(["--source", source] if source else []), "--tasks", tasks,

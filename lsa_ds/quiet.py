@@ -9,6 +9,8 @@ import logging
 import os
 import warnings
 
+from lsa_ds.train.distributed import default_accelerator
+
 KNOWN_HARMLESS_WARNINGS = [
     # DeepSpeed 0.19's ZeRO-3 calls the collectives torch 2.13 renamed; same operation, new name.
     (FutureWarning, r"`torch\.distributed\.all_gather_into_tensor` is deprecated", r"torch\.distributed\.c10d_logger"),
@@ -50,6 +52,4 @@ def quiet_known_noise() -> None:
         if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(_DropPrefix(prefix))
     if "DS_ACCELERATOR" not in os.environ:
-        from lsa_ds.distributed import default_accelerator
-
         os.environ["DS_ACCELERATOR"] = default_accelerator()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lsa_ds.config import load_recipe
+from lsa_ds.recipe import load_recipe
 
 SMALL_DATA = [
     "data.sources=[{name: stdlib, type: stdlib, max_documents: 160, holdout: 0.1, exclude: ['test/*', 'idlelib/*']}]",

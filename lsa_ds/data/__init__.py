@@ -1,8 +1,9 @@
-"""Data pipeline: sources -> tokenizer -> token shards -> windows (-> views, in `views`)."""
+"""Data pipeline: sources -> tokenizer -> token shards -> windows. A window becomes the model's
+inputs (the long and short views) in `lsa_ds.align.views`."""
 
 from __future__ import annotations
 
-from lsa_ds.config import Recipe
+from lsa_ds.recipe import Recipe
 from lsa_ds.data.shards import TokenCache, open_cache, prepare
 from lsa_ds.data.windows import BlendedWindows, SourceWindows, WindowLoader
 from lsa_ds.errors import UserError

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lsa_ds.cli_help import command_parser
-from lsa_ds.recipe_checks import add_recipe_args, recipe_from_args
+from lsa_ds.recipe import add_recipe_args, recipe_from_args
 from lsa_ds.data.shards import SourceReport, prepare
 
 

@@ -22,7 +22,7 @@ import hashlib
 
 import numpy as np
 
-from lsa_ds.config import RepeatConfig
+from lsa_ds.recipe.schema import RepeatConfig
 
 
 def _rng(key: str, seed: int) -> np.random.Generator:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsa_ds.config import DataConfig
+from lsa_ds.recipe.schema import DataConfig
 from lsa_ds.data.sources import iter_records, source_fingerprint
 from lsa_ds.data.repeats import repeat_spans
 from lsa_ds.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_sources

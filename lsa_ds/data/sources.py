@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lsa_ds.config import SourceConfig
+from lsa_ds.recipe.schema import SourceConfig
 from lsa_ds.errors import UserError
 
 STDLIB_HOLDOUT = 0.05

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lsa_ds.config import DataConfig
+from lsa_ds.data.sources import iter_records, sample_text, source_fingerprint
 from lsa_ds.errors import UserError
+from lsa_ds.recipe.schema import DataConfig
+
 
 SPM_FILE = "tokenizer.model"
 
@@ -97,18 +99,24 @@ class Tokenizer:
                 "pad_id": self.pad_id, "add_bos": self.add_bos, "add_eos": self.add_eos}
 
 
-def _load_spm(path: Path, data: DataConfig) -> Tokenizer:
-    import sentencepiece as spm
+def load_sentencepiece(path: Path, add_bos: bool | None = None, add_eos: bool | None = None, threads: int = 2,
+                       where: str | None = None) -> Tokenizer:
+    """A SentencePiece model file as a `Tokenizer`, fingerprinted by its bytes. BOS/EOS framing as
+    given, or (None) wherever the model defines the token. `where` names the file in errors (the
+    recipe key that gave it, say)."""
+    import sentencepiece as spm  # deferred: only SentencePiece tokenizers need the library
 
+    where = where or str(path)
     if not path.is_file():
-        raise UserError(f"data.tokenizer.path: SentencePiece model '{path}' not found")
+        raise UserError(f"{where}: SentencePiece model not found")
     blob = path.read_bytes()
     try:
         sp = spm.SentencePieceProcessor(model_proto=blob)
     except Exception:
-        raise UserError(f"data.tokenizer.path: '{path}' is not a SentencePiece model") from None
-    fp = hashlib.sha256(blob).hexdigest()[:16]
-    return Tokenizer("sentencepiece", sp, path, fp, data.tokenizer.add_bos, data.tokenizer.add_eos, data.threads)
+        raise UserError(f"{where}: not a SentencePiece model") from None
+    add_bos = sp.bos_id() >= 0 if add_bos is None else add_bos
+    add_eos = sp.eos_id() >= 0 if add_eos is None else add_eos
+    return Tokenizer("sentencepiece", sp, path, hashlib.sha256(blob).hexdigest()[:16], add_bos, add_eos, threads)
 
 
 def _load_hf(path: Path, data: DataConfig) -> Tokenizer:
@@ -146,7 +154,6 @@ def train_spm(data: DataConfig, out: Path) -> None:
     """Train SentencePiece on training-split text of the sources; written atomically to `out`."""
     import sentencepiece as spm
 
-    from lsa_ds.data.sources import iter_records, sample_text
 
     sources = tokenizer_sources(data)
     texts = list(sample_text(sources, data.tokenizer.train_chars))
@@ -177,18 +184,18 @@ def load_tokenizer(data: DataConfig, source_fingerprints: list[dict] | None = No
         if not tcfg.path:
             raise UserError("data.tokenizer.path: a local HF tokenizer folder is required for type 'hf'")
         return _load_hf(Path(tcfg.path).expanduser(), data)
+    framing = {"add_bos": tcfg.add_bos, "add_eos": tcfg.add_eos, "threads": data.threads}
     if tcfg.path:
-        return _load_spm(Path(tcfg.path).expanduser(), data)
+        path = Path(tcfg.path).expanduser()
+        return load_sentencepiece(path, **framing, where=f"data.tokenizer.path: '{path}'")
     if source_fingerprints is None:
-        from lsa_ds.data.sources import source_fingerprint
-
         source_fingerprints = [source_fingerprint(s) for s in tokenizer_sources(data)]
     path = tokenizer_cache_path(data, source_fingerprints)
     if not path.is_file():
         if not train:
             raise UserError(f"tokenizer not trained yet ({path}); run `lsa prepare` first")
         train_spm(data, path)
-    return _load_spm(path, data)
+    return load_sentencepiece(path, **framing)
 
 
 def to_hf_tokenizer(tok: Tokenizer):

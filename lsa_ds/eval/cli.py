@@ -21,6 +21,17 @@ import torch
 
 from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
+from lsa_ds.eval import babilong, longbench
+from lsa_ds.eval.benchmarks import generate_answers
+from lsa_ds.eval.forward import hf_logits_fn
+from lsa_ds.eval.heldout import HeldOut
+from lsa_ds.eval.misalignment import measure_misalignment
+from lsa_ds.eval.passkey import run_passkey
+from lsa_ds.eval.perplexity import default_score_tokens, perplexity_at
+from lsa_ds.eval.report import correlate, paired_against, write_report
+from lsa_ds.eval.targets import load_model, pick_dtype, resolve
+from lsa_ds.recipe import load_recipe
+
 
 TASKS = ("ppl", "misalign", "passkey", "longbench", "babilong")
 
@@ -141,10 +152,6 @@ class Plan:
 
 
 def make_plan(args, targets) -> Plan:
-    from lsa_ds.eval import babilong, longbench
-    from lsa_ds.eval.perplexity import default_score_tokens
-    from lsa_ds.eval.targets import pick_dtype
-
     tasks = {t.strip() for t in args.tasks.split(",") if t.strip()}
     tasks |= {"longbench"} if args.longbench else set()
     tasks |= {"babilong"} if args.babilong else set()
@@ -177,13 +184,6 @@ def make_plan(args, targets) -> Plan:
 # ---------------------------------------------------------------------------------- running
 def evaluate_target(t, plan: Plan, args, heldout) -> dict:
     """Every planned task on one target; its entry of report["models"]."""
-    from lsa_ds.eval import babilong, longbench
-    from lsa_ds.eval.benchmarks import generate_answers
-    from lsa_ds.eval.forward import hf_logits_fn
-    from lsa_ds.eval.misalignment import measure_misalignment
-    from lsa_ds.eval.passkey import run_passkey
-    from lsa_ds.eval.perplexity import perplexity_at
-    from lsa_ds.eval.targets import load_model
 
     progress = not args.no_progress
     entry = {**t.describe(), "heldout": heldout.source(t), "seconds": {}}
@@ -234,10 +234,6 @@ def evaluate_target(t, plan: Plan, args, heldout) -> dict:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from lsa_ds.config import load_recipe
-    from lsa_ds.eval.heldout import HeldOut
-    from lsa_ds.eval.report import correlate, paired_against, write_report
-    from lsa_ds.eval.targets import resolve
 
     paths = [*args.targets, *args.compare]
     if not paths:

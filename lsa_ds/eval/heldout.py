@@ -23,9 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lsa_ds.config import DataConfig, Recipe
+from lsa_ds.data import build_windows, open_cache
+from lsa_ds.data.repeats import repeat_spans
+from lsa_ds.data.sources import iter_records
 from lsa_ds.data.tokenizer import Tokenizer
+from lsa_ds.data.windows import BlendedWindows, SourceWindows
 from lsa_ds.errors import UserError
+from lsa_ds.recipe import Recipe
+from lsa_ds.recipe.schema import DataConfig
 
 
 def spread(available: int, count: int) -> np.ndarray:
@@ -51,14 +56,12 @@ def _spread(blended, count: int) -> np.ndarray:
 
 def cache_windows(recipe: Recipe, cache, window: int, count: int) -> np.ndarray:
     """[<= count, window] windows of the eval split of an open token cache (what the trainer has)."""
-    from lsa_ds.data import build_windows
 
     return _spread(build_windows(recipe, cache, "eval", window=window), count)
 
 
 def open_run_cache(recipe: Recipe, run_dir: Path):
     """The run's token cache, or a UserError saying how to prepare it."""
-    from lsa_ds.data import open_cache
 
     try:
         return open_cache(recipe.data)
@@ -94,9 +97,6 @@ def text_windows(data: DataConfig, tok: Tokenizer, window: int, count: int, batc
     `tok` (a source's `repeat` spans applied as `lsa prepare` applies them) and cut, blended and
     spread exactly as `cache_windows` does a token cache: with the tokenizer a run's cache was built
     with, the very same windows."""
-    from lsa_ds.data.repeats import repeat_spans
-    from lsa_ds.data.sources import iter_records
-    from lsa_ds.data.windows import BlendedWindows, SourceWindows
 
     sources, weights = [], []
     for src in data.sources:

@@ -11,9 +11,12 @@ import json
 import math
 from pathlib import Path
 
-from lsa_ds.curves import FINAL_LOSS_NOTE
+from lsa_ds.errors import UserError
 from lsa_ds.eval import plots
-from lsa_ds.eval.stats import bootstrap_ci, pearson, spearman
+from lsa_ds.eval.tables import markdown_table, number
+from lsa_ds.eval.stats import bootstrap_ci, paired, pearson, spearman
+from lsa_ds.rundir.curves import FINAL_LOSS_NOTE
+
 
 MIN_CORRELATION_MODELS = 4
 PAPER_ABS_R = {"sce": 0.85, "loss": 0.62}
@@ -147,15 +150,6 @@ def correlate(models: list[dict], n_boot: int = 2000, seed: int = 0, groups: dic
 
 
 # ----------------------------------------------------------------------------------- markdown
-def _fmt(x, spec=".3f") -> str:
-    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:{spec}}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return out + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def _perplexity_md(models: list[dict]) -> list[str]:
     rows = [m for m in models if m.get("perplexity")]
     if not rows:
@@ -171,7 +165,7 @@ def _perplexity_md(models: list[dict]) -> list[str]:
     return ["## Perplexity versus context length", "",
             f"Held-out perplexity on the same final {first['score_tokens']} tokens of {first['windows']} windows at "
             "every length (95% interval over windows). L is each model's training length.", "",
-            *_table(["model", "L", *[f"{n}" for n in lengths]], body), ""]
+            *markdown_table(["model", "L", *[f"{n}" for n in lengths]], body)]
 
 
 def _misalignment_md(models: list[dict]) -> list[str]:
@@ -190,7 +184,7 @@ def _misalignment_md(models: list[dict]) -> list[str]:
             "Mean over samples with a 95% normal interval. SCE includes both entropies (2 × entropy for identical "
             "distributions); symmetric KL is 0 for identical ones; entropy is the mean entropy of the two views' "
             "predictions, (SCE − symmetric KL) / 2 exactly, so a lower SCE from sharper predictions shows here.", "",
-            *_table(["model", "L", "variant", "SCE", "symmetric KL", "entropy", "samples"], body), ""]
+            *markdown_table(["model", "L", "variant", "SCE", "symmetric KL", "entropy", "samples"], body)]
 
 
 def _passkey_md(models: list[dict]) -> list[str]:
@@ -202,12 +196,12 @@ def _passkey_md(models: list[dict]) -> list[str]:
     for m in rows:
         pk = m["passkey"]
         by_len = dict(zip(pk["lengths"], pk["accuracy_by_length"]))
-        body.append([m["name"], *[_fmt(by_len.get(n), ".2f") for n in lengths], _fmt(pk["accuracy_overall"], ".2f")])
+        body.append([m["name"], *[number(by_len.get(n), ".2f") for n in lengths], number(pk["accuracy_overall"], ".2f")])
     pk0 = rows[0]["passkey"]
     return ["## Passkey retrieval", "",
             f"Accuracy per prompt length (tokens), averaged over depths {', '.join(f'{d:g}' for d in pk0['depths'])}; "
             f"{pk0['samples_per_cell']} keys per cell; – = the length cannot hold the prompt.", "",
-            *_table(["model", *[str(n) for n in lengths], "all"], body), ""]
+            *markdown_table(["model", *[str(n) for n in lengths], "all"], body)]
 
 
 def _benchmark_md(models: list[dict], key: str, title: str) -> list[str]:
@@ -215,21 +209,21 @@ def _benchmark_md(models: list[dict], key: str, title: str) -> list[str]:
     if not rows:
         return []
     tasks = sorted({t for m in rows for t in m[key]["tasks"]})
-    body = [[m["name"], *[_fmt(m[key]["tasks"].get(t, {}).get("score"), ".2f") for t in tasks],
-             _fmt(m[key]["average"], ".2f")] for m in rows]
+    body = [[m["name"], *[number(m[key]["tasks"].get(t, {}).get("score"), ".2f") for t in tasks],
+             number(m[key]["average"], ".2f")] for m in rows]
     metrics = ", ".join(f"{t}: {rows[0][key]['tasks'][t]['metric']}" for t in tasks if t in rows[0][key]["tasks"])
-    lines = [f"## {title}", "", f"Scores × 100 ({metrics}).", "", *_table(["model", *tasks, "average"], body), ""]
+    lines = [f"## {title}", "", f"Scores × 100 ({metrics}).", "", *markdown_table(["model", *tasks, "average"], body)]
     for m in rows:  # LongBench-E buckets / BABILong lengths
         for t, entry in m[key]["tasks"].items():
             extra = entry.get("buckets") or entry.get("by_length")
             if extra and len(extra) > 0:
-                lines.append(f"- {m['name']} / {t}: " + ", ".join(f"{k} {_fmt(v, '.2f')}" for k, v in extra.items()))
+                lines.append(f"- {m['name']} / {t}: " + ", ".join(f"{k} {number(v, '.2f')}" for k, v in extra.items()))
     return lines + [""]
 
 
 def _r_cell(pair: dict, key: str) -> str:
     ci = pair.get(f"{key}_ci")
-    return "–" if not ci else f"{_fmt(ci['value'], '+.2f')} [{_fmt(ci['lo'], '+.2f')}, {_fmt(ci['hi'], '+.2f')}]"
+    return "–" if not ci else f"{number(ci['value'], '+.2f')} [{number(ci['lo'], '+.2f')}, {number(ci['hi'], '+.2f')}]"
 
 
 def correlation_md(corr: dict | None) -> list[str]:
@@ -248,7 +242,7 @@ def correlation_md(corr: dict | None) -> list[str]:
     variant = ("the last-position variant, as the paper defines it" if table["misalignment_variant"] == "last"
                else "the overlap variant (too few models have the last-position one)")
     body = [[p["predictor"], p["target"], str(p["n"]), _r_cell(p, "pearson"), _r_cell(p, "spearman"),
-             _fmt(p["paper_abs_r"], ".2f"), p.get("skipped", "")] for p in table["pairs"]]
+             number(p["paper_abs_r"], ".2f"), p.get("skipped", "")] for p in table["pairs"]]
     return [title, "",
             f"Correlation across models (up to {n_models}) of each predictor with each long-context target: Pearson r "
             f"and Spearman ρ with 95% percentile-bootstrap intervals ({table['n_boot']} resamples of "
@@ -262,15 +256,13 @@ def correlation_md(corr: dict | None) -> list[str]:
             f"|r| = {PAPER_ABS_R['sce']:.2f} for its misalignment metric (SCE) and {PAPER_ABS_R['loss']:.2f} "
             "for the training loss against long-context quality (its own models and benchmarks, not ours). With a "
             "handful of models the intervals are wide: read their width before the point estimate.", "",
-            *_table(["predictor", "target", "models", "Pearson r [95%]", "Spearman ρ [95%]", "paper \\|r\\|", "note"],
-                    body), ""]
+            *markdown_table(["predictor", "target", "models", "Pearson r [95%]", "Spearman ρ [95%]", "paper \\|r\\|",
+                             "note"], body)]
 
 
 def paired_against(models: list[dict], baseline: str | None = None) -> dict:
     """Every model minus the baseline, window by window (perplexity: per-window NLL at each length)
     and sample by sample (misalignment), where both read the very same windows."""
-    from lsa_ds.errors import UserError
-    from lsa_ds.eval.stats import paired
 
     names = [m["name"] for m in models]
     base_name = baseline or names[0]
@@ -312,16 +304,16 @@ def _paired_md(paired: dict | None) -> list[str]:
             "with its 95% interval over windows/samples, how many were lower / higher than the baseline's, and the "
             "two-sided sign-test p-value. Negative is lower loss, less misalignment or sharper predictions (entropy). Only models that read the "
             "very same windows are paired (a model with another training length reads other misalignment windows).",
-            "", *_table(["model", "metric", "difference", "lower / higher", "p (sign test)"], body), ""]
+            "", *markdown_table(["model", "metric", "difference", "lower / higher", "p (sign test)"], body)]
 
 
 def render_markdown(report: dict) -> str:
     models = report["models"]
     lines = ["# Evaluation report", "", f"`{report['command']}` — {report['created']}", "", "## Models", ""]
-    lines += _table(["model", "kind", "L", "final train loss", "held-out data"],
-                    [[m["name"], m["kind"], str(m["train_len"]), _fmt(m.get("train_loss"), ".4f"),
-                      m.get("heldout", "–")] for m in models])
-    lines += ["", f"Final train loss: {FINAL_LOSS_NOTE} (one step is one noisy batch).", ""]
+    lines += markdown_table(["model", "kind", "L", "final train loss", "held-out data"],
+                            [[m["name"], m["kind"], str(m["train_len"]), number(m.get("train_loss"), ".4f"),
+                              m.get("heldout", "–")] for m in models])
+    lines += [f"Final train loss: {FINAL_LOSS_NOTE} (one step is one noisy batch).", ""]
     lines += _perplexity_md(models) + _misalignment_md(models) + _passkey_md(models)
     lines += _benchmark_md(models, "longbench", "LongBench") + _benchmark_md(models, "babilong", "BABILong")
     lines += _paired_md(report.get("paired")) + correlation_md(report.get("correlation"))

@@ -24,10 +24,14 @@ from pathlib import Path
 
 import torch
 
-from lsa_ds.adapters import ADAPTER_DIR
-from lsa_ds.config import DataConfig, Recipe, load_recipe
-from lsa_ds.data.tokenizer import SPM_FILE, Tokenizer
+from lsa_ds.data.tokenizer import SPM_FILE, Tokenizer, load_sentencepiece
 from lsa_ds.errors import UserError
+from lsa_ds.model.adapters import ADAPTER_DIR, load_adapter_folder
+from lsa_ds.recipe import Recipe, load_recipe
+from lsa_ds.recipe.schema import DataConfig
+from lsa_ds.rundir.curves import final_train_loss
+from lsa_ds.rundir.metrics import read_rows
+
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -92,26 +96,14 @@ def load_tokenizer(folder: Path) -> Tokenizer:
                          add_bos=has(tok.bos_token_id), add_eos=has(tok.eos_token_id))
     spm_path = folder / SPM_FILE
     if spm_path.is_file():
-        import sentencepiece as spm
-
-        blob = spm_path.read_bytes()
-        try:
-            sp = spm.SentencePieceProcessor(model_proto=blob)
-        except Exception:
-            raise UserError(f"{spm_path}: not a SentencePiece model") from None
-        framing = {"add_bos": sp.bos_id() >= 0, "add_eos": sp.eos_id() >= 0}
-        described = folder / "lsa_tokenizer.json"
-        if described.is_file():
-            info = json.loads(described.read_text())
-            framing = {k: bool(info.get(k, v)) for k, v in framing.items()}
-        return Tokenizer("sentencepiece", sp, spm_path, hashlib.sha256(blob).hexdigest()[:16], **framing)
+        described = folder / "lsa_tokenizer.json"  # an export's framing; else the model's own BOS/EOS
+        info = json.loads(described.read_text()) if described.is_file() else {}
+        return load_sentencepiece(spm_path, info.get("add_bos"), info.get("add_eos"))
     raise UserError(f"{folder}: no tokenizer (expected tokenizer.json / tokenizer_config.json, or {SPM_FILE})")
 
 
 def _final_train_loss(run_dir: Path) -> float | None:
-    """The run's smoothed final training loss (`lsa_ds.curves.final_train_loss`)."""
-    from lsa_ds.curves import final_train_loss
-    from lsa_ds.metrics_log import read_rows
+    """The run's smoothed final training loss (`lsa_ds.rundir.curves.final_train_loss`)."""
 
     path = run_dir / "metrics.jsonl"
     return final_train_loss(read_rows(path)) if path.is_file() else None
@@ -210,7 +202,6 @@ def load_model(target: Target, device: torch.device, dtype: torch.dtype, attn: s
     """The target's weights as an eval-mode causal LM on `device`."""
     from transformers import AutoModelForCausalLM
 
-    from lsa_ds.adapters import load_adapter_folder
 
     try:
         if _is_adapter(target.hf_dir):  # merged once: evaluation then runs a plain model

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from lsa_ds import cli
-from lsa_ds.config import load_recipe
+from lsa_ds.recipe import load_recipe
 from lsa_ds.data import open_cache, prepare
 from lsa_ds.data.shards import MANIFEST, token_dtype
 from lsa_ds.data.sources import iter_records

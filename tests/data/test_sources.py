@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lsa_ds.config import SourceConfig
+from lsa_ds.recipe.schema import SourceConfig
 from lsa_ds.data import sources as S
 from lsa_ds.errors import UserError
 

@@ -107,7 +107,7 @@ def test_resume_yields_identical_batches(prepared):
 
 _HASH_SNIPPET = """
 import hashlib, sys
-from lsa_ds.config import load_recipe
+from lsa_ds.recipe import load_recipe
 from lsa_ds.data import build_windows, open_cache
 recipe = load_recipe(None, sys.argv[1:])
 w = build_windows(recipe, open_cache(recipe.data))

@@ -80,7 +80,7 @@ def tiny(model_dir):
 
 def make_run(parent: Path, name: str, recipe, tok, seed: int, losses: list[float]) -> Path:
     """A finished-looking run directory: config.yaml, metrics.jsonl, hf/ with weights and tokenizer."""
-    from lsa_ds.config import recipe_to_dict
+    from lsa_ds.recipe import recipe_to_dict
 
     run = parent / name
     run.mkdir(parents=True)

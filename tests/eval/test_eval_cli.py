@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lsa_ds import cli
@@ -134,3 +135,27 @@ def test_a_run_whose_tokenizer_is_not_its_caches_is_refused(runs_dir, spm_blob, 
     (run / "hf" / "tokenizer.model").write_bytes(spm_blob)  # another SentencePiece model
     assert _lsa_eval(run, *FAST, "--tasks", "ppl") == 2
     assert "not the tokenizer of the run's token cache" in _err(capsys)
+
+
+def test_a_model_with_a_hugging_face_tokenizer_is_evaluated_with_it(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    text = [("The grass is green. The sky is blue. " * 20) + f"line {i} of some text about keys." for i in range(50)]
+    bpe.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    folder = tmp_path / "hf-tok-model"
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    out = tmp_path / "out"
+    assert cli.main(["eval", str(folder), "--out", str(out), "--tasks", "ppl,misalign", "--lengths", "16,32",
+                     "--windows", "2", "--misalign-samples", "3", "--misalign-variants", "last", "--no-progress"]) == 0
+    (m,) = json.loads((out / "report.json").read_text())["models"]
+    assert m["tokenizer"]["kind"] == "hf" and m["tokenizer"]["vocab_size"] == len(tok) and m["train_len"] == 32
+    assert [p["length"] for p in m["perplexity"]["lengths"]] == [16, 32]

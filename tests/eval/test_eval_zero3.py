@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lsa_ds.distributed import free_port
+from lsa_ds.train.distributed import free_port
 
 pytestmark = pytest.mark.deepspeed
 

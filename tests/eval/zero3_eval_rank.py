@@ -12,7 +12,7 @@ import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
-from lsa_ds.distributed import exit_rank, init_distributed
+from lsa_ds.train.distributed import exit_rank, init_distributed
 from lsa_ds.eval import hf_logits_fn, measure_misalignment, perplexity_at
 
 init_distributed()
