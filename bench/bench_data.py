@@ -31,7 +31,7 @@ QUICK_CHARS = 3_000_000  # --quick: the first ~3 MB of documents (what SentenceP
 QUICK_BATCH_DOCS = 32
 REPEATS = 3  # timed 1x runs of ours and of the baseline (full mode)
 SEQ_LEN, MICRO_BATCH = 512, 4  # the demo's stage-2 shape: window = 512 + 256 + 1 = 769 tokens
-# DESIGN §4's calibrated demo model (3.2M params); intermediate 768 is what gives that count tied.
+# The cpu-h192 preset's shape (3.2M params, docs/demo-calibration.md); intermediate 768 is what gives that count tied.
 DEMO = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
             intermediate_size=768, vocab_size=4096, tie_word_embeddings=True, max_position_embeddings=SEQ_LEN)
 
@@ -173,7 +173,7 @@ def loader_vs_step(corpus: Path, cache: Path, tokenizer: str, quick: bool, batch
         times.append(time.perf_counter() - t0)
     loader_s = float(np.mean(times))
 
-    # One thread: under DeepSpeed each rank runs with OMP_NUM_THREADS=1 (DESIGN §4) and reads its own
+    # One thread: under DeepSpeed each rank runs with OMP_NUM_THREADS=1 (as `lsa train` sets it) and reads its own
     # windows, so loader and step are compared per rank. (Two threads on 2 shared cores were 2-7x
     # slower and erratic here: OpenMP threads wait on a descheduled partner.)
     torch.manual_seed(0)
@@ -284,7 +284,7 @@ def main() -> None:
             f"model step fwd+bwd+AdamW [{MICRO_BATCH},{SEQ_LEN}], 1 thread, {loader['model_params'] / 1e6:.2f}M params": (
                 f"{loader['model_step_s'] * 1e3:,.0f} ms", ""),
             "loader / model step": (f"{loader['loader_share']:.3%}", "< 1%"),
-            "loader / 0.10 s (DESIGN §4: tiny model, ZeRO-3, 2 ranks, seq 512)": (
+            "loader / 0.10 s (measured: tiny model, ZeRO-3, 2 ranks, seq 512)": (
                 f"{loader['loader_step_s'] / 0.10:.3%}", "< 1%"),
         },
     }

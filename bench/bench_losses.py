@@ -44,7 +44,7 @@ import torch.nn.functional as F
 H, V, ALPHA, CHUNK = 256, 32000, 0.1, 1024
 LOSS_VARIANTS = ("naive", "closed", "closed_norec", "autograd")
 # A LLaMA small enough for CPU whose step is dominated by the V=32000 output layer: the worst case
-# for loss overhead. The demo shape (DESIGN §4: hidden 192, vocab 4096) is the second model.
+# for loss overhead. The demo shape (hidden 192, vocab 4096: the cpu-h192 preset) is the second model.
 MODELS = {
     "h256-v32000": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
                         num_key_value_heads=4, vocab_size=32000, seq=1024),

@@ -1,6 +1,6 @@
 """Optimizer benchmark: torch's fused AdamW (`optim.impl=fused`, the default) against its per-tensor
 loop (`optim.impl=torch`, the default before), side by side on the `cpu-h192` preset (hidden 192,
-4 layers: DESIGN §4's calibration shape; the demo itself now trains the smaller `demo-h64`).
+4 layers: the calibration shape of docs/demo-calibration.md; the demo itself now trains the smaller `demo-h64`).
 
     python bench/bench_optim.py [--pairs 3] [--steps 16] [--seq-len 512] [--out bench/out/optim]
 

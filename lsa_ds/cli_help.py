@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-
 WRITES = {
     "train": "runs/<run.name>/ (config.yaml, ds_config.json, metrics.jsonl, tb/, run.json, checkpoints/, "
              "curves.png, and hf/ when finished); the token cache under data.cache_dir if missing",

@@ -12,6 +12,7 @@ skipped, so running it again is cheap.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,6 @@ from lsa_ds.eval import cli as eval_cli
 from lsa_ds.recipe import load_recipe, recipe_changes
 from lsa_ds.rundir.metrics import length_keys, read_rows, source_losses
 from lsa_ds.train import cli as train_cli
-
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -69,7 +69,6 @@ def last_eval(run_dir: Path) -> dict:
 
 def _committed_base() -> tuple[Path, int]:
     """The committed stage-1 run and its vocabulary size, or a UserError saying how to get one."""
-    import json
 
     cfg = COMMITTED_BASE / "hf" / "config.json"
     if not cfg.is_file():

@@ -16,9 +16,21 @@ docs/design.md ("The method") is the contract these functions implement.
 """
 
 from lsa_ds.align.losses import alignment_losses, chunked_ce
-from lsa_ds.align.objective import divergence_applies, loss_scale, micro_step_loss, step_means
+from lsa_ds.align.objective import (
+           divergence_applies,
+           loss_scale,
+           micro_step_loss,
+           step_means,
+)
 from lsa_ds.align.pair_exchange import rotate_long, rotated_labels
-from lsa_ds.align.views import IGNORE, both_views, draw_shifts, make_views, micro_views, pair_mask
+from lsa_ds.align.views import (
+           IGNORE,
+           both_views,
+           draw_shifts,
+           make_views,
+           micro_views,
+           pair_mask,
+)
 
 __all__ = ["IGNORE", "alignment_losses", "both_views", "chunked_ce", "divergence_applies", "draw_shifts",
            "loss_scale", "make_views", "micro_step_loss", "micro_views", "pair_mask", "rotate_long",

@@ -3,10 +3,10 @@ inputs (the long and short views) in `lsa_ds.align.views`."""
 
 from __future__ import annotations
 
-from lsa_ds.recipe import Recipe
 from lsa_ds.data.shards import TokenCache, open_cache, prepare
 from lsa_ds.data.windows import BlendedWindows, SourceWindows, WindowLoader
 from lsa_ds.errors import UserError
+from lsa_ds.recipe import Recipe
 
 __all__ = ["BlendedWindows", "SourceWindows", "TokenCache", "WindowLoader", "build_windows", "open_cache", "prepare"]
 

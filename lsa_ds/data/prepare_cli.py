@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
 
 from lsa_ds.cli_help import command_parser
-from lsa_ds.recipe import add_recipe_args, recipe_from_args
 from lsa_ds.data.shards import SourceReport, prepare
+from lsa_ds.recipe import add_recipe_args, recipe_from_args
 
 
 def summary_table(reports: list[SourceReport], manifest_sources: dict) -> Table:
@@ -41,7 +43,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     recipe = recipe_from_args(args)
-    import sys
 
     # a log file or a pipe gets the whole table, not one squeezed into rich's default 80 columns
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -49,7 +50,6 @@ def main(argv: list[str]) -> int:
     if reports is None:
         console.print(f"token cache up to date: {folder}")
         return 0
-    import json
 
     manifest = json.loads((folder / "manifest.json").read_text())
     console.print(summary_table(reports, manifest["sources"]))

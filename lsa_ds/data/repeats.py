@@ -1,5 +1,5 @@
 """Repeated spans: a documented, token-level way to make a share of the training text reward
-long-range use (DESIGN.md §2 needs models that use their context before alignment can matter).
+long-range use (the method of docs/design.md needs models that use their context before alignment can matter).
 
 A source with `repeat:` set reads its documents as usual and, after tokenizing, cuts each one into
 consecutive segments of `segment_tokens`. Each segment is cut into `per_segment` equal parts, and

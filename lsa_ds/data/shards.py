@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from lsa_ds.recipe.schema import DataConfig
-from lsa_ds.data.sources import iter_records, source_fingerprint
 from lsa_ds.data.repeats import repeat_spans
+from lsa_ds.data.sources import iter_records, source_fingerprint
 from lsa_ds.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_sources
 from lsa_ds.errors import UserError
+from lsa_ds.recipe.schema import DataConfig
 
 FORMAT_VERSION = 1
 SHARD_TOKENS = 1 << 28
@@ -184,7 +185,6 @@ def prepare(data: DataConfig, progress: bool = True, shard_tokens: int = SHARD_T
         for src, fp in zip(data.sources, fingerprints):
             bar = None
             if progress:
-                from tqdm import tqdm
                 bar = tqdm(desc=f"tokenizing {src.name}", unit="doc", leave=False, disable=None)  # None: off when not a TTY
             try:
                 splits, rep = _tokenize_source(src, tok, data, tmp / src.name, dtype, shard_tokens, bar)

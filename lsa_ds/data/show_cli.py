@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from lsa_ds.cli_help import command_parser
-from lsa_ds.recipe import add_recipe_args, recipe_from_args
 from lsa_ds.data import build_windows, open_cache
 from lsa_ds.data.tokenizer import Tokenizer
+from lsa_ds.recipe import add_recipe_args, recipe_from_args
 
 
 def render_window(tok: Tokenizer, window: np.ndarray) -> str:

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lsa_ds.recipe.schema import SourceConfig
 from lsa_ds.errors import UserError
+from lsa_ds.recipe.schema import SourceConfig
 
 STDLIB_HOLDOUT = 0.05
 """Held-out fraction for the builtin corpus when the source leaves `holdout` at 0."""
@@ -115,6 +115,7 @@ def _txt(src: SourceConfig) -> Iterator[Record]:
 
 
 def _parquet(src: SourceConfig) -> Iterator[Record]:
+    # deferred: pyarrow only for parquet sources
     import pyarrow.parquet as pq
 
     root, files = _expand(src)
@@ -133,6 +134,7 @@ def _parquet(src: SourceConfig) -> Iterator[Record]:
 
 
 def _hf(src: SourceConfig) -> Iterator[Record]:
+    # deferred: `datasets` takes seconds to import; only hf sources need it
     import datasets
 
     path = Path(os.path.expanduser(src.path or ""))
@@ -185,6 +187,7 @@ def _stdlib(src: SourceConfig) -> Iterator[Record]:
                 yield _checked_text(rel, fh.read())
         except (SyntaxError, UnicodeDecodeError, LookupError) as e:
             yield Record(rel, None, f"undecodable source ({type(e).__name__})")
+    # deferred: a large module, only for the stdlib source
     from pydoc_data import topics
 
     for name in sorted(topics.topics):

@@ -18,7 +18,6 @@ from lsa_ds.data.sources import iter_records, sample_text, source_fingerprint
 from lsa_ds.errors import UserError
 from lsa_ds.recipe.schema import DataConfig
 
-
 SPM_FILE = "tokenizer.model"
 
 # Trainer options that make SentencePiece lossless on arbitrary text (code included):
@@ -104,7 +103,7 @@ def load_sentencepiece(path: Path, add_bos: bool | None = None, add_eos: bool | 
     """A SentencePiece model file as a `Tokenizer`, fingerprinted by its bytes. BOS/EOS framing as
     given, or (None) wherever the model defines the token. `where` names the file in errors (the
     recipe key that gave it, say)."""
-    import sentencepiece as spm  # deferred: only SentencePiece tokenizers need the library
+    import sentencepiece as spm  # deferred: only SentencePiece tokenizers need it
 
     where = where or str(path)
     if not path.is_file():
@@ -120,6 +119,7 @@ def load_sentencepiece(path: Path, add_bos: bool | None = None, add_eos: bool | 
 
 
 def _load_hf(path: Path, data: DataConfig) -> Tokenizer:
+    # deferred: transformers only for HF tokenizers (`lsa prepare` with SentencePiece never needs it)
     from transformers import AutoTokenizer
 
     if not path.is_dir():
@@ -152,6 +152,7 @@ def tokenizer_cache_path(data: DataConfig, source_fingerprints: list[dict]) -> P
 
 def train_spm(data: DataConfig, out: Path) -> None:
     """Train SentencePiece on training-split text of the sources; written atomically to `out`."""
+    # deferred: only training a SentencePiece model needs the trainer
     import sentencepiece as spm
 
 
@@ -206,7 +207,9 @@ def to_hf_tokenizer(tok: Tokenizer):
     tokenizers do, so a prompt does not end the document; the EOS id is set for `generate`."""
     if tok.kind == "hf":
         return tok.impl
-    from tokenizers import AddedToken, Tokenizer as RustTokenizer, decoders, normalizers, processors
+    # deferred: only exports build an HF tokenizer
+    from tokenizers import AddedToken, decoders, normalizers, processors
+    from tokenizers import Tokenizer as RustTokenizer
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SentencePieceExtractor

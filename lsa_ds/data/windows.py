@@ -2,7 +2,7 @@
 
 Per source, documents (filtered by length, long ones repeated) are laid end to end in an order
 shuffled once from the seed, and the stream is cut into windows of `L + E_max + 1` tokens
-(DESIGN.md §2). Sources are blended by weight with Megatron's greedy index; each source's windows
+(docs/design.md, "The method"). Sources are blended by weight with Megatron's greedy index; each source's windows
 are reshuffled every epoch. The *global* order is a pure function of (seed, weights, data), never of
 the number of ranks: rank r takes samples r, r+W, ... of each global batch. The only state is the
 number of samples consumed, so a loader rebuilt from a checkpoint yields exactly the same batches.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from lsa_ds.data.tokenizer import Tokenizer
 from lsa_ds.eval.generation import greedy_generate, middle_truncate
@@ -55,8 +56,6 @@ def generate_answers(model: torch.nn.Module, tok: Tokenizer, examples: list[Benc
     stop = [tok.eos_id] if tok.eos_id is not None and tok.eos_id >= 0 else []
     iterator = examples
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(examples, desc=desc, unit="example", leave=False, dynamic_ncols=True, disable=None)
     answers = []
     for ex in iterator:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import shlex
 import sys
 import time
@@ -17,7 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
+from transformers.utils import logging as hf_logging
 
 from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
@@ -31,7 +36,6 @@ from lsa_ds.eval.perplexity import default_score_tokens, perplexity_at
 from lsa_ds.eval.report import correlate, paired_against, write_report
 from lsa_ds.eval.targets import load_model, pick_dtype, resolve
 from lsa_ds.recipe import load_recipe
-
 
 TASKS = ("ppl", "misalign", "passkey", "longbench", "babilong")
 
@@ -255,8 +259,6 @@ def main(argv: list[str]) -> int:
         for t in targets:
             heldout.check(t)  # a missing token cache fails now, not after the first model ran
     if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
     report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "lsa eval " + shlex.join(argv), "settings": plan.settings(args),
@@ -271,9 +273,7 @@ def main(argv: list[str]) -> int:
 
 def _sha(windows) -> str:
     """Identity of the token windows a metric read: models are paired only on the very same windows."""
-    import hashlib
 
-    import numpy as np
 
     return hashlib.sha256(np.ascontiguousarray(windows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
@@ -287,9 +287,6 @@ def _dedupe_names(targets) -> None:
 
 
 def _print_summary(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     models = [m for m in report["models"] if m.get("perplexity")]
     if not models:
         return

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from transformers import GenerationConfig
 
 
 @torch.no_grad()
 def greedy_generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int,
                     stop_ids: list[int] | None = None, batch_size: int = 8) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids), cut before the first stop token."""
-    from transformers import GenerationConfig
 
     stop = [int(s) for s in (stop_ids or []) if s is not None and s >= 0]
     config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, use_cache=True,

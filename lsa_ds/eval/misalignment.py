@@ -1,4 +1,4 @@
-"""The long-short misalignment metric (DESIGN.md §2) for any causal LM.
+"""The long-short misalignment metric (docs/design.md, "The misalignment metric") for any causal LM.
 
 Two variants, both over held-out windows of L tokens (L = the model's training length), one
 window per sample, with lengths drawn from an RNG keyed by (seed, sample index):
@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from lsa_ds.eval.forward import LogitsFn, gather, rank_world, shard
 from lsa_ds.eval.stats import MeanCI, mean_ci
@@ -158,8 +159,6 @@ def measure_misalignment(logits_fn: LogitsFn, windows: np.ndarray, seq_len: int,
     mine = shard(samples, rank, world)
     bar = None
     if progress and rank == 0:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(mine), desc=desc, unit="sample", leave=False, dynamic_ncols=True, disable=None)
     local: dict[int, tuple[float, float]] = {}
     try:

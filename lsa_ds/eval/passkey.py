@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from lsa_ds.data.tokenizer import Tokenizer
 from lsa_ds.errors import UserError
@@ -129,8 +130,6 @@ def run_passkey(model: torch.nn.Module, tok: Tokenizer, lengths: list[int], dept
     examples: list[dict] = []
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(lengths) * len(depths), desc=desc, unit="cell", leave=False, dynamic_ncols=True, disable=None)
     try:
         for n in lengths:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from lsa_ds.eval.forward import LogitsFn, gather, rank_world, shard, token_log_probs
 from lsa_ds.eval.stats import MeanCI, mean_ci
@@ -95,8 +96,6 @@ def perplexity_at(logits_fn: LogitsFn, windows: np.ndarray, lengths: list[int], 
     mine = shard(len(windows), rank, world)
     bar = None
     if progress and rank == 0:
-        from tqdm import tqdm
-
         total = sum(math.ceil(len(mine) / max(1, batch_tokens // n)) for n in lengths)
         bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=None)
     out = {}

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from lsa_ds.errors import UserError
 from lsa_ds.eval import plots
-from lsa_ds.eval.tables import markdown_table, number
 from lsa_ds.eval.stats import bootstrap_ci, paired, pearson, spearman
+from lsa_ds.eval.tables import markdown_table, number
 from lsa_ds.rundir.curves import FINAL_LOSS_NOTE
-
 
 MIN_CORRELATION_MODELS = 4
 PAPER_ABS_R = {"sce": 0.85, "loss": 0.62}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lsa_ds.data.tokenizer import SPM_FILE, Tokenizer, load_sentencepiece
 from lsa_ds.errors import UserError
@@ -31,7 +32,6 @@ from lsa_ds.recipe import Recipe, load_recipe
 from lsa_ds.recipe.schema import DataConfig
 from lsa_ds.rundir.curves import final_train_loss
 from lsa_ds.rundir.metrics import read_rows
-
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -80,8 +80,6 @@ def load_tokenizer(folder: Path) -> Tokenizer:
     """The folder's tokenizer, wrapped in our `Tokenizer` (see the module docstring)."""
     hf_files = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
     if hf_files and not _our_export(folder):
-        from transformers import AutoTokenizer
-
         try:
             tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # AutoTokenizer raises many types for a broken folder
@@ -162,7 +160,6 @@ def resolve(path: str, length: int | None = None) -> Target:
         _check_hf_folder(hf, path)
         tok = load_tokenizer(hf)
         name = p.resolve().name
-    from transformers import AutoConfig
 
     try:
         cfg = AutoConfig.from_pretrained(str(_config_dir(hf)), local_files_only=True)
@@ -200,7 +197,6 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_model(target: Target, device: torch.device, dtype: torch.dtype, attn: str = "sdpa") -> torch.nn.Module:
     """The target's weights as an eval-mode causal LM on `device`."""
-    from transformers import AutoModelForCausalLM
 
 
     try:

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lsa_ds.errors import UserError
 from lsa_ds.model.config import checkpoint_dir
 from lsa_ds.recipe import Recipe
-from lsa_ds.errors import UserError
 
 ADAPTER_DIR = "adapter"
 """The PEFT adapter folder a run writes next to hf/ when it ends (`lsa export --adapter-only` from a
@@ -67,6 +67,7 @@ def check_adapters(recipe: Recipe, hf_config) -> None:
         raise UserError("model.lora.r: the peft package is not installed (pip install peft)")
     if not (m.path or m.init_from):
         raise UserError(f"model.lora.r={m.lora.r}: adapters train on top of pretrained weights; set model.path or model.init_from")
+    # deferred: peft and transformers only when adapters are configured (LoRA runs, their exports)
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -86,6 +87,7 @@ def check_adapters(recipe: Recipe, hf_config) -> None:
 
 # ---------------------------------------------------------------------------------- building
 def lora_config(recipe: Recipe):
+    # deferred: peft only when adapters are configured
     from peft import LoraConfig
 
     lo = recipe.model.lora
@@ -96,6 +98,7 @@ def lora_config(recipe: Recipe):
 def add_adapters(recipe: Recipe, model: nn.Module) -> nn.Module:
     """Wrap `model` with LoRA adapters and unfreeze `extra_trainable`; returns the PeftModel.
     Every rank builds the same adapter init (the caller seeded torch)."""
+    # deferred: peft only when adapters are configured
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, lora_config(recipe))
@@ -112,6 +115,7 @@ def add_adapters(recipe: Recipe, model: nn.Module) -> nn.Module:
 def adapted_from_state(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]) -> nn.Module:
     """The adapted model on CPU holding `state` (keys as the PeftModel's: the engine's gathered
     weights), without copying them."""
+    # deferred: peft only when adapters are configured
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -130,6 +134,7 @@ def adapted_from_state(recipe: Recipe, hf_config, state: dict[str, torch.Tensor]
 def adapted_from_checkpoint(recipe: Recipe, hf_config, trained: dict[str, torch.Tensor]) -> nn.Module:
     """The adapted model on CPU from a checkpoint's trained parameters (adapters, extra_trainable)
     over the frozen base read again from model.path / init_from."""
+    # deferred: as above, adapter exports only
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -157,6 +162,7 @@ def write_adapter_folder(recipe: Recipe, model: nn.Module, hf_config, base: str,
     PeftModel names, which peft's loader passes straight to load_state_dict), written atomically
     (`also` adds files to the folder before it is renamed into place). config.json is the run's
     (extended RoPE): load the base with it."""
+    # deferred: peft only when adapters are configured
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -189,6 +195,7 @@ def write_adapter_folder(recipe: Recipe, model: nn.Module, hf_config, base: str,
 def load_adapter_folder(folder: Path, dtype=torch.float32, attn: str = "sdpa") -> nn.Module:
     """A model from a PEFT adapter folder: its base (adapter_config.json) loaded with the folder's
     config (the run's RoPE), then `PeftModel.from_pretrained`."""
+    # deferred: peft only to evaluate an adapter folder
     from peft import PeftConfig, PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -10,7 +10,9 @@ embeddings come out with std 1.0, not 0.02). With `model.lora.r > 0` the result 
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PretrainedConfig
+from transformers.integrations import HfDeepSpeedConfig
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from lsa_ds.model.adapters import add_adapters
 from lsa_ds.model.config import checkpoint_dir, expected_inv_freq
@@ -26,8 +28,6 @@ def build_model(recipe: Recipe, hf_config: PretrainedConfig, ds_config: dict | N
     Under ZeRO-3 the process group must already be initialised (`deepspeed.init_distributed`) and
     `ds_config` must be the resolved dict the engine will use (same batch sizes and world size).
     """
-    from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     hf_ds = None
     if zero_stage(ds_config) == 3:
@@ -70,7 +70,6 @@ def build_model(recipe: Recipe, hf_config: PretrainedConfig, ds_config: dict | N
 def _four_bit() -> dict:
     """from_pretrained arguments for a 4-bit NF4 base (QLoRA), as transformers documents it under
     ZeRO-3: the quantized storage dtype equals the compute dtype, so ZeRO-3 can partition it."""
-    from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)

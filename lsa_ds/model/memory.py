@@ -27,6 +27,7 @@ def _mlp(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _tiled_forward(self, x: torch.Tensor) -> torch.Tensor:
+    # deferred: DeepSpeed is imported on ranks only (never by the `lsa train` parent)
     from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP
 
     # Shards depend only on the shape, which every rank shares (equal local slices), so no

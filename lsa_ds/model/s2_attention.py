@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "lsa_s2"
 """The attn_implementation name the model is built with when model.attn_pattern is s2."""
@@ -95,9 +98,6 @@ def register(ratio: float) -> str:
     """Register S²-Attn with transformers under NAME (group = ratio × the sequence's length);
     returns NAME, the attn_implementation to build the model with. One ratio per process (a
     run trains one recipe): registering again re-binds NAME."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         if not module.training:

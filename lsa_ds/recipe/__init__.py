@@ -10,7 +10,13 @@
 Everything a recipe-driven command needs is importable from here; nothing here imports torch.
 """
 
-from lsa_ds.recipe.load import Change, add_recipe_args, load_recipe, recipe_changes, recipe_from_args
+from lsa_ds.recipe.load import (
+           Change,
+           add_recipe_args,
+           load_recipe,
+           recipe_changes,
+           recipe_from_args,
+)
 from lsa_ds.recipe.schema import Recipe, recipe_to_dict
 
 __all__ = ["Change", "Recipe", "add_recipe_args", "load_recipe", "recipe_changes", "recipe_from_args",

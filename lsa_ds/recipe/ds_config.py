@@ -28,8 +28,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lsa_ds.recipe.schema import Recipe
 from lsa_ds.errors import UserError
+from lsa_ds.recipe.schema import Recipe
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
 """The built-in templates (a sibling of the package in the repository)."""

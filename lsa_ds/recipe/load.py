@@ -16,7 +16,12 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from lsa_ds.errors import UserError
-from lsa_ds.recipe.checks import inert_keys, inert_message, schema_problem, validation_message
+from lsa_ds.recipe.checks import (
+    inert_keys,
+    inert_message,
+    schema_problem,
+    validation_message,
+)
 from lsa_ds.recipe.files import apply_override, differences, load_tree
 from lsa_ds.recipe.schema import Recipe, recipe_to_dict
 

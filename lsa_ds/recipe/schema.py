@@ -354,7 +354,7 @@ class Recipe(_Section):
 
     @property
     def window_tokens(self) -> int:
-        """Tokens per raw window: L + E_max + 1 (DESIGN.md §2)."""
+        """Tokens per raw window: L + E_max + 1 (docs/design.md, "The method")."""
         return self.train.seq_len + self.shift_max + 1
 
     @property

@@ -41,10 +41,11 @@ def _rolling(y: np.ndarray, k: int) -> np.ndarray:
 
 def draw_curves(run_dir: Path) -> Path | None:
     """Write run_dir/curves.png from run_dir/metrics.jsonl; None when there is nothing to draw."""
+    # deferred: matplotlib only when curves are drawn (rank 0, at the end)
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after choosing the headless backend
 
     path = run_dir / "metrics.jsonl"
     rows = read_rows(path) if path.is_file() else []

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 PLAIN_EVERY_S = 10.0
 
 
@@ -49,8 +51,8 @@ class MetricsLog:
         self.enabled = enabled
         if not enabled:
             return
+        # deferred: TensorBoard only on rank 0, which writes the logs
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: a kill loses no row
         self.tb = SummaryWriter(str(run_dir / "tb"))

@@ -22,14 +22,15 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from lsa_ds.errors import UserError
-from lsa_ds.eval.tables import markdown_table, number, value
 from lsa_ds.eval.stats import across_seeds, crossed_paired, paired
+from lsa_ds.eval.tables import markdown_table, number, value
 from lsa_ds.rundir.metrics import length_keys
 from lsa_ds.sweep.spec import label
-
 
 SEED_KEY = "train.seed"
 ENTROPY_PREFIX = "misalign_entropy"
@@ -303,10 +304,8 @@ def arms_plot(view: dict, path: Path) -> Path | None:
     lengths = sorted({int(m.split("@")[1]) for m in view["metrics"] if m.startswith("eval loss@")})
     if not arms or not lengths:
         return None
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for i, a in enumerate(arms):

@@ -36,7 +36,6 @@ from lsa_ds.sweep.arms import check_baseline
 from lsa_ds.sweep.report import write_sweep_report
 from lsa_ds.sweep.spec import Point, Sweep, load_sweep
 
-
 SLURM_SCRIPT = "slurm-array.sh"
 
 

@@ -20,13 +20,23 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lsa_ds.eval.tables import markdown_table, number, value
+import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
 from lsa_ds.eval.report import finite
+from lsa_ds.eval.tables import markdown_table, number, value
 from lsa_ds.rundir.metrics import length_keys, read_rows
-from lsa_ds.sweep.arms import ENTROPY_PREFIX, arm_view, arms_markdown, arms_plot, misalignment_of, write_arms_csv
+from lsa_ds.sweep.arms import (
+    ENTROPY_PREFIX,
+    arm_view,
+    arms_markdown,
+    arms_plot,
+    misalignment_of,
+    write_arms_csv,
+)
 from lsa_ds.sweep.correlation import correlation_section
 from lsa_ds.sweep.spec import flatten, yaml_value
-
 
 TRAIN_SCALARS = ("misalign_sce", "misalign_skl", "ce_gap")
 """Keys of the trainer's eval rows reported besides loss@N / ppl@N (lsa_ds/train/evaluation.py `evaluate`)."""
@@ -162,7 +172,6 @@ def _length_axis(ax, lengths: list[int]) -> None:
 
 def _plain_log_labels(ax) -> None:
     """Log-scale y labels as plain numbers (80, not 8×10¹); minor ones only over a narrow range."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     low, high = ax.get_ylim()
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
@@ -171,10 +180,8 @@ def _plain_log_labels(ax) -> None:
 
 def plot(rows: list[dict], path: Path) -> Path:
     """Held-out loss vs length (training eval), `lsa eval` perplexity vs length, misalignment bars."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     have_eval = [r for r in rows if r["eval"] and r["eval"]["ppl"]]
     panels = 3 if have_eval else 2

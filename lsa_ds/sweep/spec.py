@@ -22,10 +22,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lsa_ds.errors import UserError
 from lsa_ds.recipe import Recipe, load_recipe
 from lsa_ds.recipe.checks import schema_problem
 from lsa_ds.recipe.files import read_yaml
-from lsa_ds.errors import UserError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")

@@ -13,6 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from lsa_ds.synthetic import tasks as task_defs
 from lsa_ds.synthetic.train import RunResult, StudySettings
 
@@ -133,9 +136,6 @@ def markdown_table(rows: list[Row], ratios: list[RatioRow], settings: StudySetti
 
 
 def print_rich(rows: list[Row], ratios: list[RatioRow], settings: StudySettings) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="synthetic study: test MSE by length (mean ± std over seeds)")
     for header in _headers(settings):
         table.add_column(header, justify="left" if header in ("task", "pe") else "right")
@@ -156,10 +156,11 @@ def _positive_or_nan(x: float) -> float:
 
 def plot(results: list[RunResult], settings: StudySettings, path: Path) -> None:
     """mse_vs_length.png: one panel per positional encoding, one line per task, log y."""
+    # deferred: matplotlib only when the plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after choosing the headless backend
 
     pes = list(dict.fromkeys(r.pe for r in results))
     task_names = list(dict.fromkeys(r.task for r in results))

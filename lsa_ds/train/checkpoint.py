@@ -19,15 +19,17 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from lsa_ds.errors import UserError
 from lsa_ds.model.adapters import uses_adapters
 from lsa_ds.recipe import Recipe, recipe_changes, recipe_to_dict
-from lsa_ds.errors import UserError
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -186,8 +188,6 @@ def load(engine, ckpt_dir: Path, tag: str, universal: bool) -> dict:
 def to_universal(ckpt_dir: Path, tag: str) -> str:
     """Convert a checkpoint to DeepSpeed's universal format (for a different world size); returns
     the universal tag. Done once, before the ranks start."""
-    import subprocess
-    import sys
 
     out = ckpt_dir / f"{tag}-universal"
     if (out / COMPLETE).is_file():

@@ -26,7 +26,12 @@ import yaml
 from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
 from lsa_ds.recipe import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
-from lsa_ds.train.distributed import default_accelerator, exit_rank, free_port, init_distributed
+from lsa_ds.train.distributed import (
+    default_accelerator,
+    exit_rank,
+    free_port,
+    init_distributed,
+)
 from lsa_ds.train.loop import TrainingAborted, train
 from lsa_ds.train.setup import check_without_data, prepare_resume, setup_run_dir
 
@@ -94,6 +99,7 @@ def _signal_ranks(signum: int) -> None:
     """Pass SIGTERM/SIGINT straight to the rank processes, which save and exit 0. (The single-node
     deepspeed runner does not forward signals, and its launcher would report a clean stop as a
     failure.)"""
+    # deferred: only a signal to the parent process needs it
     import psutil
 
     for child in psutil.Process().children(recursive=True):
@@ -107,7 +113,8 @@ def _signal_ranks(signum: int) -> None:
 def run_rank(args, recipe: Recipe) -> int:
     """Train as one rank; returns the exit code (a user error is reported here, not by cli.py,
     because the rank leaves through `exit_rank`)."""
-    from deepspeed.utils import logger as ds_logger  # deferred: the parent process never imports DeepSpeed
+    # deferred: the `lsa train` parent process never imports DeepSpeed (its launcher starts the ranks)
+    from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
     rank, world = init_distributed(recipe.train.dist_timeout_s)

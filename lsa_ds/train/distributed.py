@@ -30,6 +30,7 @@ def shm_buffer_path(rank: int) -> Path:
 
 def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
     """`deepspeed.init_distributed` with gloo on CPU and NCCL on GPUs; returns (rank, world size)."""
+    # deferred: `lsa --help` imports this module (through quiet); torch and DeepSpeed load only when a rank starts
     import deepspeed
     import torch.distributed as dist
 
@@ -53,6 +54,7 @@ def exit_rank(code: int) -> NoReturn:
     launcher reported the whole run as failed (exit 250). Every file this project writes is closed
     before this point (checkpoints, metrics, TensorBoard, the HF export), so teardown has nothing left to do.
     """
+    # deferred: as above
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -65,6 +67,7 @@ def exit_rank(code: int) -> NoReturn:
 
 def default_accelerator() -> str:
     """DeepSpeed's accelerator name for this machine, when DS_ACCELERATOR does not say."""
+    # deferred: as above
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

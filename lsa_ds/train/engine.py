@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from lsa_ds.align import pair_exchange
 from lsa_ds.align.losses import alignment_losses
@@ -113,6 +114,7 @@ def make_optimizer(recipe: Recipe, module: nn.Module) -> torch.optim.Optimizer:
     # on this optimizer would then count one group too many.
     groups = [g for g in groups if g["params"]]
     if o.impl == "deepspeed":
+        # deferred: DeepSpeed is imported on ranks only (never by the `lsa train` parent)
         from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
 
         cls = DeepSpeedCPUAdam if not torch.cuda.is_available() else FusedAdam
@@ -124,7 +126,6 @@ def adamw_kernel(impl: str) -> dict:
     """torch.optim.AdamW's kernel choice for optim.impl: fused (one kernel over all tensors; torch
     has it for CPU and CUDA alike) where this device has it, else foreach; `torch` leaves torch's
     own default (a per-tensor loop on CPU)."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if impl == "fused":
@@ -151,6 +152,7 @@ class Engine:
     """Owns the DeepSpeed engine: build, train step, evaluation loss, consolidated weights."""
 
     def __init__(self, recipe: Recipe, ds_config: dict, lm: nn.Module, total_steps: int):
+        # deferred: DeepSpeed is imported on ranks only (never by the `lsa train` parent)
         import deepspeed
 
         self.recipe = recipe

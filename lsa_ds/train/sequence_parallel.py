@@ -63,6 +63,7 @@ def register(recipe, hf_model):
     `deepspeed.initialize` takes (its groups: consecutive ranks per SP group), or None for N = 1."""
     if size(recipe) == 1:
         return None
+    # deferred: DeepSpeed is imported on ranks only (never by the `lsa train` parent)
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
     return UlyssesSPAttentionHF.register_with_transformers(
@@ -72,6 +73,7 @@ def register(recipe, hf_model):
 
 
 def group():
+    # deferred: as above
     from deepspeed.runtime.sequence_parallel import parallel_state_sp
 
     return parallel_state_sp.get_sequence_parallel_group()

@@ -73,7 +73,22 @@ def test_a_model_that_finds_the_key_scores_one_and_a_wrong_one_zero(tiny):
     assert wrong.overall() == 0.0
 
 
-def test_the_tiny_model_runs_the_grid(tiny):
+def test_a_real_model_is_scored_on_its_own_greedy_answers(tiny):
+    """The tiny HF model through the batched pipeline: each cell's accuracy is the key rule applied
+    to what transformers' own generate answers for each prompt alone (known answers, computed
+    independently of greedy_generate's batching and stop handling)."""
     model, tok = tiny
-    res = run_passkey(model, tok, [300], [0.0, 1.0], samples=2, new_tokens=6)
-    assert all(0.0 <= a <= 1.0 for a in res.accuracy[0]) and res.examples[0]["length"] == 300
+    depths = [0.0, 1.0]
+    res = run_passkey(model, tok, [300], depths, samples=2, new_tokens=6)
+    first = None
+    for j, d in enumerate(depths):
+        prompts = [build_prompt(tok, 300, d, draw_key(0, 300, d, s)) for s in range(2)]
+        answers = []
+        for p in prompts:
+            ids = torch.tensor([p.ids])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
+                                 max_new_tokens=6, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)[0, 300:].tolist()
+            answers.append(tok.decode(out[:out.index(tok.eos_id)] if tok.eos_id in out else out))
+        assert res.accuracy[0][j] == sum(is_correct(a, p.key) for a, p in zip(answers, prompts)) / 2
+        first = first or {"length": 300, "depth": d, "key": prompts[0].key, "answer": answers[0]}
+    assert res.examples[0] == first

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lsa_ds.recipe import load_recipe
+from lsa_ds.recipe import load_recipe, recipe_changes, recipe_to_dict
 from lsa_ds.recipe.reference import render
 from lsa_ds.errors import UserError
 
@@ -86,12 +86,35 @@ def test_base_cycle_is_refused(tmp_path):
         load_recipe(tmp_path / "a.yaml")
 
 
-def test_shipped_recipes_load():
+SHIPPED = {  # run name, L, window L + E_max + 1, alignment on, alpha, RoPE type and factor, precision, LoRA rank, steps
+    "gpu/study-base.yaml": ("gpu-study-base", 512, 769, False, 0.1, "none", None, "bf16", 0, 1200),
+    "gpu/study-extend.yaml": ("gpu-study-extend", 2048, 3073, False, 0.1, "linear", 4.0, "bf16", 0, 150),
+    "llama2-7b-4k-to-8k.yaml": ("llama2-7b-4k-to-8k", 8192, 12289, True, 0.1, "linear", 2.0, "bf16", 0, 1000),
+    "llama2-7b-longlora-8k.yaml": ("llama2-7b-longlora-8k", 8192, 12289, True, 0.1, "linear", 2.0, "bf16", 8, 1000),
+    "tiny-cpu-extend-alpha0.yaml": ("tiny-cpu-extended-alpha0", 512, 769, True, 0.0, "linear", 4.0, "fp32", 0, 300),
+    "tiny-cpu-extend-lsa.yaml": ("tiny-cpu-extended-lsa", 512, 769, True, 0.1, "linear", 4.0, "fp32", 0, 300),
+    "tiny-cpu-extend.yaml": ("tiny-cpu-extended", 512, 769, False, 0.1, "linear", 4.0, "fp32", 0, 300),
+    "tiny-cpu-more.yaml": ("tiny-cpu-more-steps", 128, 193, False, 0.1, "none", None, "fp32", 0, 300),
+    "tiny-cpu.yaml": ("tiny-cpu-base", 128, 193, False, 0.1, "none", None, "fp32", 0, 6000),
+}
+
+
+def test_shipped_recipes_resolve_to_what_they_say():
     # recipes/ablations/ holds sweep files, not recipes: tests/sweep/test_sweep.py resolves every point
-    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
-    assert len(recipes) >= 3
-    for path in recipes:
-        load_recipe(path)
+    found = sorted(str(p.relative_to(ROOT / "recipes")) for p in (ROOT / "recipes").rglob("*.yaml")
+                   if "ablations" not in p.parts)
+    assert found == sorted(SHIPPED)
+    for name, want in SHIPPED.items():
+        r = load_recipe(ROOT / "recipes" / name)
+        got = (r.run.name, r.train.seq_len, r.window_tokens, r.align.enabled, r.align.alpha, r.model.rope.type,
+               r.model.rope.factor, r.train.precision, r.model.lora.r, r.train.max_steps)
+        assert got == want, name
+        assert r.window_tokens == r.train.seq_len + r.shift_max + 1 and r.shift_max == r.train.seq_len // 2, name
+    # the demo's stage-2 arms differ from the baseline only where their names say
+    base = recipe_to_dict(load_recipe(ROOT / "recipes" / "tiny-cpu-extend.yaml"))
+    for arm, keys in (("tiny-cpu-extend-lsa.yaml", {"run.name", "align.enabled"}),
+                      ("tiny-cpu-extend-alpha0.yaml", {"run.name", "align.enabled", "align.alpha"})):
+        assert {c.key for c in recipe_changes(base, load_recipe(ROOT / "recipes" / arm))} == keys, arm
 
 
 def test_every_field_is_documented_and_the_reference_is_current():

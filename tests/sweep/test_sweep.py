@@ -313,7 +313,14 @@ def test_every_shipped_ablation_expands_and_every_point_resolves(ablation_file):
     sw = sweep_spec.load_sweep(ablation_file)
     assert sw.points and len({p.name for p in sw.points}) == len(sw.points)
     for p in [*sw.requires, *sw.points]:
-        resolve_ds_config(p.recipe, 8)
+        t = p.recipe.train
+        ds = resolve_ds_config(p.recipe, 8)
+        dp = 8 // t.sequence_parallel
+        assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == \
+            (t.micro_batch_size, t.grad_accum, t.micro_batch_size * t.grad_accum * dp), p.name
+        assert ds["gradient_clipping"] == t.grad_clip and ds["zero_optimization"]["stage"] in (2, 3), p.name
+        assert (ds["bf16"]["enabled"], ds["fp16"]["enabled"]) == (t.precision == "bf16", t.precision == "fp16"), p.name
+        assert ds["bf16"]["check_grad_overflow"] is True and "auto" not in json.dumps(ds), p.name
 
 
 def test_the_paper_recipe_and_its_ablations_say_what_the_paper_does():
