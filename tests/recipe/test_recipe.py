@@ -140,3 +140,14 @@ def test_help_prints_each_default_once_and_says_what_is_written(command, capsys)
         assert "(default: none)" not in flat and "(default: [])" not in flat and "(default: false)" not in flat, chunk
     assert "writes: " in text
     assert cli.main(["--help"]) == 0 and "writes: " in capsys.readouterr().out
+
+
+def test_recipe_changes_lists_every_changed_key_in_schema_order(tmp_path):
+    saved = recipe_to_dict(load_recipe(None, ["train.max_steps=20"]))
+    new = load_recipe(None, ["train.max_steps=30", "align.alpha=0.5", "model.rope.type=linear"])
+    changes = recipe_changes(saved, new)
+    assert [(c.key, c.old, c.new) for c in changes] == [
+        ("model.rope.type", "none", "linear"), ("train.max_steps", 20, 30), ("align.alpha", 0.1, 0.5)]
+    assert str(changes[2]) == "align.alpha: 0.1 -> 0.5"
+    assert [c.key for c in recipe_changes(saved, new, keys=("model", "data"))] == ["model.rope.type"]
+    assert recipe_changes(load_recipe(None, ["train.max_steps=20"]), load_recipe(None, ["train.max_steps=20"])) == []
