@@ -8,6 +8,7 @@ exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from lsa_ds.cli_help import WRITES
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("lsa_ds.eval.cli", "evaluate runs or HF models: perplexity vs length, passkey, misalignment"),
     "sweep": ("lsa_ds.sweep.cli", "expand an ablation grid into runs; run them, print their launch commands, or --report"),
     "synth": ("lsa_ds.synthetic.cli", "the paper's synthetic length-generalisation study (§3)"),
+    "recipes": ("lsa_ds.recipe.catalog", "list the shipped recipes, or copy one to edit: `lsa recipes copy NAME FILE`"),
     "config-doc": ("lsa_ds.recipe.reference", "print the recipe reference (Markdown) from the schema"),
 }
 
@@ -35,8 +37,26 @@ def _usage() -> str:
     return f"usage: lsa COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n`lsa COMMAND --help` for a command's options."
 
 
+def _take_local_rank(argv: list[str]) -> list[str]:
+    """Drop the `--local_rank=N` (or `--local_rank N`) the deepspeed launcher puts before the
+    command of a `deepspeed --module lsa_ds.cli ...` rank, keeping N in LOCAL_RANK where the
+    launcher has not set it already."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.partition("=")[2])
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _take_local_rank(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -21,6 +21,7 @@ WRITES = {
     "eval": "report.json, report.md and PNG plots in --out (default runs/<name>/eval for a single run)",
     "sweep": "one run directory per point under run.output_dir, and <output_dir>/sweeps/<name>/ (plan, report)",
     "synth": "results.json, table.md and mse_vs_length.png under --out (default runs/synth)",
+    "recipes": "nothing, or with `copy` the file DEST (never over an existing file)",
     "config-doc": "nothing (prints Markdown)",
 }
 """What each command writes, where: its `--help` epilog and the `lsa --help` table."""

@@ -24,12 +24,11 @@ from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
 from lsa_ds.eval import cli as eval_cli
 from lsa_ds.recipe import load_recipe, recipe_changes
+from lsa_ds.recipe.shipped import DEMO_BASE, RECIPES
 from lsa_ds.rundir.metrics import length_keys, read_rows, source_losses
 from lsa_ds.train import cli as train_cli
 
-REPO = Path(__file__).resolve().parent.parent
-RECIPES = REPO / "recipes"
-COMMITTED_BASE = REPO / "demo" / "tiny-cpu-base"
+COMMITTED_BASE = DEMO_BASE
 """Stage 1 as `lsa demo --from-scratch` trains it (recipes/tiny-cpu.yaml; its log and curves
 beside it): the copy mechanism it needs forms only after ~5000 steps, beyond the demo's budget."""
 

@@ -1,6 +1,6 @@
 """Resolve a DeepSpeed JSON template against the recipe.
 
-Templates live in the repo-root `ds_configs/` folder (`zero3`, `zero3_offload`, `zero2`) or at any
+Templates ship with the package (`lsa_ds/assets/ds_configs/`, `ds_configs/` in a checkout) (`zero3`, `zero3_offload`, `zero2`) or at any
 JSON path the recipe names in `train.ds_config`. Batch sizes, clipping and precision are owned by
 the recipe: templates say `"auto"` for them and this module fills them in. A literal that
 contradicts the recipe is refused (naming file, key and both values) instead of being silently
@@ -30,9 +30,10 @@ from typing import Any
 
 from lsa_ds.errors import UserError
 from lsa_ds.recipe.schema import Recipe
+from lsa_ds.recipe.shipped import DS_CONFIGS
 
-DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
-"""The built-in templates (a sibling of the package in the repository)."""
+DS_CONFIG_DIR = DS_CONFIGS
+"""The built-in templates (shipped with the package: `lsa_ds.recipe.shipped`)."""
 
 AUTO = "auto"
 

@@ -24,12 +24,26 @@ from lsa_ds.recipe.checks import (
 )
 from lsa_ds.recipe.files import apply_override, differences, load_tree
 from lsa_ds.recipe.schema import Recipe, recipe_to_dict
+from lsa_ds.recipe.shipped import shipped_recipe
+
+
+def recipe_path(name: str | Path) -> Path:
+    """The file a RECIPE argument names: a file, else a shipped recipe of that name (`lsa recipes`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_recipe(str(name))
+    if shipped is None:
+        raise UserError(f"{path}: recipe file not found, and no shipped recipe has that name (`lsa recipes` lists them)")
+    return shipped
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
-    """Load a recipe file (or the defaults when `path` is None), apply `--set` overrides, validate."""
+    """Load a recipe file or shipped recipe (or the defaults when `path` is None), apply `--set`
+    overrides, validate."""
+    path = recipe_path(path) if path else None
     source = str(path) if path else "(defaults)"
-    tree = load_tree(Path(path)) if path else {}
+    tree = load_tree(path) if path else {}
     for assignment in overrides:
         key = assignment.partition("=")[0]
         problem = schema_problem(key, what="key") if key else None  # worded as a file's unknown key
@@ -45,7 +59,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
 # ------------------------------------------------------------------ the command line
 def add_recipe_args(parser) -> None:
     """The RECIPE positional, repeated `--set KEY=VALUE` and `--strict` every recipe-driven command takes."""
-    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (`lsa recipes`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)")
     parser.add_argument("--strict", action="store_true",

@@ -26,6 +26,7 @@ from lsa_ds.errors import UserError
 from lsa_ds.recipe import Recipe, load_recipe
 from lsa_ds.recipe.checks import schema_problem
 from lsa_ds.recipe.files import read_yaml
+from lsa_ds.recipe.load import recipe_path
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -178,7 +179,7 @@ def _resolve(path: Path, recipe_path: Path, overrides: list[str], what: str) -> 
 
 def load_sweep(path: str | Path, cli_overrides: list[str] = ()) -> Sweep:
     """Read, expand and validate an ablation file; raises UserError (one line) on any problem."""
-    path = Path(path)
+    path = recipe_path(path)  # a file, or a shipped ablation by name
     raw = read_yaml(path)
     try:
         spec = AblationFile.model_validate(raw)

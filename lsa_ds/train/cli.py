@@ -33,7 +33,7 @@ from lsa_ds.train.distributed import (
     init_distributed,
 )
 from lsa_ds.train.loop import TrainingAborted, train
-from lsa_ds.train.setup import check_without_data, prepare_resume, setup_run_dir
+from lsa_ds.train.setup import check_without_data, setup_run_dir
 
 SETUP_TIMEOUT_ENV = "LSA_SETUP_TIMEOUT_S"
 """How long ranks started without an `lsa train` parent wait for rank 0 to set up the run (default
@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
                         "print the resolved recipe and DeepSpeed config, then exit; writes nothing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest complete checkpoint")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: accept a recipe key that differs from the run's config.yaml (repeatable; "
+                        "the change is recorded in config-history.jsonl)")
+    p.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                   help="with --resume: continue from this step's complete checkpoint instead of the newest "
+                        "(newer ones are set aside as checkpoints/stepN-superseded)")
     p.add_argument("--nproc", type=int, default=None, help="ranks per node (default: GPUs, or 2 on CPU)")
     launcher = p.add_argument_group("deepspeed launcher")
     launcher.add_argument("--hostfile", default=None)
@@ -69,7 +75,7 @@ def default_nproc() -> int:
 def launch(args, recipe: Recipe) -> int:
     nproc = args.nproc or args.num_gpus or default_nproc()
     nodes = args.num_nodes or 1
-    _, tag = setup_run_dir(recipe, nproc * nodes, args.overwrite, args.resume)
+    _, tag = setup_run_dir(recipe, nproc * nodes, args.overwrite, args.resume, args.allow_change, args.resume_from)
     # --log_level warning: the runner and its launcher log every spawned command at INFO otherwise
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--log_level", "warning", "--num_gpus", str(nproc), "--no_local_rank",
            "--master_port", str(args.master_port or free_port())]
@@ -148,10 +154,10 @@ def _setup_once(args, recipe: Recipe, rank: int, world: int) -> str | None:
     if not wait_s.isdigit() or int(wait_s) < 1:
         raise UserError(f"{SETUP_TIMEOUT_ENV}={wait_s!r}: expected a number of seconds")
     group = dist.new_group(backend="gloo", timeout=timedelta(seconds=int(wait_s)))
-    failed, error = torch.zeros(1), None
+    failed, error, tag = torch.zeros(1), None, [None]
     if rank == 0:
         try:
-            setup_run_dir(recipe, world, args.overwrite, args.resume)
+            _, tag[0] = setup_run_dir(recipe, world, args.overwrite, args.resume, args.allow_change, args.resume_from)
         except BaseException as e:  # tell the others now, rather than leave them waiting for a timeout
             failed[0], error = 1, e
     dist.all_reduce(failed, group=group)
@@ -164,7 +170,8 @@ def _setup_once(args, recipe: Recipe, rank: int, world: int) -> str | None:
     if blind.item():
         raise UserError(f"{recipe.run_dir} is not visible to {int(blind.item())} of {world} ranks: several nodes "
                         f"need run.output_dir and data.cache_dir on a filesystem they all share")
-    return prepare_resume(recipe, world) if args.resume else None
+    dist.broadcast_object_list(tag, src=0, group=group)  # the checkpoint rank 0 checked (and converted)
+    return tag[0]
 
 
 def main(argv: list[str]) -> int:
@@ -172,6 +179,8 @@ def main(argv: list[str]) -> int:
     # ranks started by an `lsa train` parent read the resolved config.yaml, where every key is set:
     # the parent already warned about the user's keys
     recipe = recipe_from_args(args, warn=not args.run_ready and os.environ.get("RANK", "0") == "0")
+    if (args.allow_change or args.resume_from is not None) and not args.resume:
+        raise UserError("--allow-change and --resume-from: only with --resume")
     if args.dry_run:
         world = (args.nproc or args.num_gpus or default_nproc()) * (args.num_nodes or 1)
         ds_config = check_without_data(recipe, world)

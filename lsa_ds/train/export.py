@@ -109,6 +109,7 @@ def export_checkpoint(run_dir: Path, step: int | None, out: Path, adapter_only: 
     tag = checkpoint.tag_for(step) if step is not None else tags[-1]
     if tag not in tags:
         raise UserError(f"{run_dir}: no complete checkpoint for step {step} (have: {', '.join(tags)})")
+    checkpoint.verify(ckpt_dir, tag)
     recipe = load_recipe(run_dir / "config.yaml")
     if adapter_only and not adapters.uses_adapters(recipe):
         raise UserError(f"--adapter-only: {run_dir} trained every parameter (model.lora.r is 0); export it without --adapter-only")

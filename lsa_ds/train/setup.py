@@ -8,8 +8,9 @@ Three steps, each named for what it does:
 2. `prepare_data` tokenizes the sources into the token cache when it is missing (the one step
    that writes outside the run directory), then `check_with_data` checks what needs the data:
    the tokenizer's vocabulary against the model, held-out windows for the evaluation.
-3. `setup_run_dir` refuses an existing run unless `--overwrite` or `--resume` (`prepare_resume`
-   checks a resume), then writes config.yaml and ds_config.json.
+3. `setup_run_dir` refuses an existing run unless `--overwrite` or `--resume` (`lsa_ds.train.resume`
+   checks a resume and records the recipe changes it allows), then writes config.yaml and
+   ds_config.json.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lsa_ds.recipe import Recipe, recipe_to_dict
 from lsa_ds.recipe.ds_config import resolve_ds_config
 from lsa_ds.train import checkpoint, sequence_parallel
 from lsa_ds.train.evaluation import eval_lengths
+from lsa_ds.train.resume import prepare_resume, record_changes
 
 
 def check_without_data(recipe: Recipe, world: int) -> dict:
@@ -68,25 +70,6 @@ def check_with_data(recipe: Recipe, cache: TokenCache) -> None:
         raise UserError(f"eval.lengths: held-out windows of {longest + 1} tokens are not available ({e})") from None
 
 
-def prepare_resume(recipe: Recipe, world: int) -> str | None:
-    """Check that the run can be resumed with this recipe; return the checkpoint tag to load (a
-    universal one, converted here, when the number of ranks changed), or None for no checkpoint."""
-    run_dir = recipe.run_dir
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"cannot resume {run_dir}: no such run (no config.yaml); start it without --resume")
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    conflict = checkpoint.resume_conflict(saved, recipe)
-    if conflict:
-        raise UserError(f"cannot resume {run_dir}: {conflict}; start a new run instead")
-    ckpt_dir = run_dir / "checkpoints"
-    tag = checkpoint.newest_complete(ckpt_dir)
-    if tag is None:
-        return None
-    if checkpoint.read_client(ckpt_dir, tag)["world_size"] != world:
-        tag = checkpoint.to_universal(ckpt_dir, tag)
-    return tag
-
-
 def _trim_metrics(run_dir: Path, step: int) -> None:
     """Drop metrics rows past the resume point: those steps are trained (and logged) again."""
     path = run_dir / "metrics.jsonl"
@@ -95,13 +78,15 @@ def _trim_metrics(run_dir: Path, step: int) -> None:
         path.write_text("".join(f"{line}\n" for line in keep))
 
 
-def setup_run_dir(recipe: Recipe, world: int, overwrite: bool, resume: bool = False) -> tuple[dict, str | None]:
-    """Refuse an existing run unless --overwrite or --resume; check everything, prepare the data;
-    write config.yaml and ds_config.json. Returns (DeepSpeed config, checkpoint tag to resume from)."""
+def setup_run_dir(recipe: Recipe, world: int, overwrite: bool, resume: bool = False,
+                  allow_change: list[str] = (), resume_from: int | None = None) -> tuple[dict, str | None]:
+    """Refuse an existing run unless --overwrite or --resume (with the recipe changes it allows);
+    check everything, prepare the data; write config.yaml and ds_config.json. Returns (DeepSpeed
+    config, checkpoint tag to resume from)."""
     run_dir = recipe.run_dir
-    tag = None
+    tag, changes = None, []
     if resume:
-        tag = prepare_resume(recipe, world)
+        tag, changes = prepare_resume(recipe, world, allow_change, resume_from)
     elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise UserError(f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite to "
                         f"replace it, or pick another run.name")
@@ -114,6 +99,7 @@ def setup_run_dir(recipe: Recipe, world: int, overwrite: bool, resume: bool = Fa
     if resume:
         step = checkpoint.read_client(run_dir / "checkpoints", tag.removesuffix("-universal"))["step"] if tag else 0
         _trim_metrics(run_dir, step)
+        record_changes(run_dir, step, changes, list(allow_change))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
     (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))

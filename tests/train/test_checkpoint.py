@@ -110,14 +110,37 @@ def test_a_dying_rank_stops_the_others_quickly(env):
     assert "exits with return code = -9" in output or "lost contact" in output, output[-2000:]
 
 
-def test_incompatible_resume_is_refused(env, capsys):
+def _tree(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_a_changed_recipe_unless_each_change_is_allowed_and_records_it(env, capsys):
     out, recipe, cache = env
-    code = cli.main(["train", str(recipe), *common(out, cache, "ref"), *sets("train.seq_len=32"), "--resume"])
+    run = out / "ref"
+    before = _tree(run)
+    code = cli.main(["train", str(recipe), *common(out, cache, "ref"), *sets("train.seq_len=32"), "--resume",
+                     "--allow-change", "train.seq_len"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "train.seq_len changed (64 -> 32)" in err and "\n" not in err
-    # harmless changes are fine: more steps continue from the last checkpoint
-    lsa("train", str(recipe), *common(out, cache, "ref"), *sets("train.max_steps=11"), "--resume", "--nproc", "2")
-    assert max(per_step(out / "ref")) == 11
+    assert code == 2 and "train.seq_len: 64 -> 32" in err and "start a new run" in err and "\n" not in err, err
+    # alpha and the schedule's length change what the run computes: every change named, nothing written
+    changed = [*common(out, cache, "ref"), *sets("align.alpha=0.5", "train.max_steps=11", "checkpoint.keep_last=3")]
+    code = cli.main(["train", str(recipe), *changed, "--resume", "--allow-change", "align.alpha"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert "train.max_steps: 10 -> 11" in err and "--allow-change train.max_steps" in err, err
+    assert "align.alpha" not in err.partition("differs from")[2].partition("; to continue")[0], err  # allowed
+    assert "checkpoint.keep_last" not in err  # free to change: storage only
+    assert _tree(run) == before
+    # allowed: trained on from the last checkpoint, the change recorded with the step it took effect at
+    done = lsa("train", str(recipe), *changed, "--resume", "--allow-change", "align.alpha",
+               "--allow-change", "train.max_steps", "--nproc", "2")
+    assert "with a changed recipe" in done.stdout and "align.alpha: 0.1 -> 0.5" in done.stdout
+    assert max(per_step(run)) == 11
+    (history,) = [json.loads(line) for line in (run / "config-history.jsonl").read_text().splitlines()]
+    assert history["step"] == 10 and history["allowed"] == ["align.alpha", "train.max_steps"]
+    assert {c["key"]: (c["old"], c["new"]) for c in history["changes"]} == {
+        "align.alpha": (0.1, 0.5), "train.max_steps": (10, 11), "checkpoint.keep_last": (2, 3)}
+    assert "alpha: 0.5" in (run / "config.yaml").read_text()
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank_with_same_data_order(env):

@@ -269,3 +269,27 @@ exit "$rc"
                  "--node_rank=%n", "config.yaml --run-ready"):
         assert part in sent, (part, sent)
     assert not list(scratch.glob("lsa-deepspeed-env.*"))  # removed when the launch ends
+
+
+@pytest.mark.deepspeed
+def test_the_readmes_direct_launch_lines_train_two_ranks(tmp_path, prepared, data_cache_dir):
+    """`torchrun ... -m lsa_ds.cli train` and `deepspeed --num_gpus N --module lsa_ds.cli train` (which
+    passes --local_rank=N before the command) exactly as the README writes them: rank 0 sets the run
+    up, both ranks train it to the end."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("{}\n")
+    bin_dir = Path(sys.executable).parent
+    lines = {"torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
+                          "-m", "lsa_ds.cli", "train"],
+             "deepspeed": [str(bin_dir / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                           "--module", "lsa_ds.cli", "train"]}
+    readme = (ROOT / "README.md").read_text()
+    assert "torchrun --nproc_per_node 8 -m lsa_ds.cli train" in readme
+    assert "deepspeed --num_gpus 8 --module lsa_ds.cli train" in readme
+    logs = {name: tmp_path / f"{name}.log" for name in lines}
+    codes = _nodes([cmd + [str(recipe), *_tiny(data_cache_dir, tmp_path / "runs", name)] for name, cmd in lines.items()],
+                   [_env(), _env()], list(logs.values()), timeout=500)
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs.values())
+    for name in lines:
+        _assert_trained_on_two_ranks(tmp_path / "runs" / name)
+        assert "unknown command" not in logs[name].read_text()
