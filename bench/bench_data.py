@@ -132,8 +132,8 @@ def run_child(kind: str, *args: str | int | None) -> dict:
 # ------------------------------------------------------------------------------- the corpus
 def export_corpus(out: Path, quick: bool) -> tuple[Path, Path, int]:
     """The stdlib corpus's training documents as JSONL (1x) and the same documents 4 times over (4x)."""
-    from lsa_ds.recipe.schema import SourceConfig
     from lsa_ds.data.sources import iter_records
+    from lsa_ds.recipe.schema import SourceConfig
 
     one, four, chars = out / "corpus-1x.jsonl", out / "corpus-4x.jsonl", 0
     with open(one, "w") as fh:
@@ -152,8 +152,8 @@ def loader_vs_step(corpus: Path, cache: Path, tokenizer: str, quick: bool, batch
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lsa_ds.recipe import Recipe
     from lsa_ds.data import WindowLoader, build_windows, open_cache
+    from lsa_ds.recipe import Recipe
 
     data = data_config(corpus, cache, tokenizer, batch_docs)  # same config = same cache folder hash
     recipe = Recipe(data=data, train={"seq_len": SEQ_LEN, "micro_batch_size": MICRO_BATCH})

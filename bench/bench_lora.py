@@ -19,8 +19,9 @@ import shutil
 import statistics
 from pathlib import Path
 
-from lsa_ds.train.distributed import exit_rank, init_distributed
 from ranks import run_ranks, timed_steps  # bench/ranks.py, beside this script
+
+from lsa_ds.train.distributed import exit_rank, init_distributed
 
 VARIANTS = ("full", "lora")
 
@@ -43,13 +44,13 @@ def rank_main(args) -> None:
     import numpy as np
     import torch.distributed as dist
 
-    from lsa_ds.train import checkpoint
-    from lsa_ds.recipe import load_recipe
     from lsa_ds.align.views import draw_shifts, make_views
-    from lsa_ds.recipe.ds_config import resolve_ds_config
-    from lsa_ds.train.engine import Engine
-    from lsa_ds.model.config import build_hf_config
     from lsa_ds.model.build import build_model, count_params
+    from lsa_ds.model.config import build_hf_config
+    from lsa_ds.recipe import load_recipe
+    from lsa_ds.recipe.ds_config import resolve_ds_config
+    from lsa_ds.train import checkpoint
+    from lsa_ds.train.engine import Engine
 
     rank, world = init_distributed()
     L, V = args.seq_len, args.vocab

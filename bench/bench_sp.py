@@ -21,8 +21,9 @@ import json
 import time
 from pathlib import Path
 
-from lsa_ds.train.distributed import exit_rank, init_distributed
 from ranks import run_ranks  # bench/ranks.py, beside this script
+
+from lsa_ds.train.distributed import exit_rank, init_distributed
 
 
 def vm_hwm_mib() -> float:
@@ -35,13 +36,13 @@ def rank_main(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from lsa_ds.train import sequence_parallel
-    from lsa_ds.recipe import load_recipe
     from lsa_ds.align.views import draw_shifts, make_views
-    from lsa_ds.recipe.ds_config import resolve_ds_config
-    from lsa_ds.train.engine import Engine
-    from lsa_ds.model.config import build_hf_config
     from lsa_ds.model.build import build_model
+    from lsa_ds.model.config import build_hf_config
+    from lsa_ds.recipe import load_recipe
+    from lsa_ds.recipe.ds_config import resolve_ds_config
+    from lsa_ds.train import sequence_parallel
+    from lsa_ds.train.engine import Engine
 
     rank, world = init_distributed()
     L, V = args.seq_len, 4096

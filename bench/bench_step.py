@@ -25,8 +25,9 @@ import argparse
 import json
 from pathlib import Path
 
-from lsa_ds.train.distributed import exit_rank, init_distributed
 from ranks import run_ranks, timed_steps  # bench/ranks.py, beside this script
+
+from lsa_ds.train.distributed import exit_rank, init_distributed
 
 VARIANTS = ("alpha0", "alpha01", "naive")
 
@@ -37,12 +38,12 @@ def rank_main(args) -> None:
     import torch
     import torch.nn.functional as F
 
-    from lsa_ds.recipe import load_recipe
     from lsa_ds.align.views import draw_shifts, make_views
+    from lsa_ds.model.build import build_model
+    from lsa_ds.model.config import build_hf_config
+    from lsa_ds.recipe import load_recipe
     from lsa_ds.recipe.ds_config import resolve_ds_config
     from lsa_ds.train.engine import Engine
-    from lsa_ds.model.config import build_hf_config
-    from lsa_ds.model.build import build_model
 
     rank, world = init_distributed()
     L, V = args.seq_len, args.vocab

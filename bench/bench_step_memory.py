@@ -23,8 +23,8 @@ def child(mode: str) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lsa_ds.recipe import load_recipe
     from lsa_ds.align.views import draw_shifts, make_views
+    from lsa_ds.recipe import load_recipe
     from lsa_ds.train.engine import LMWithLoss
 
     def hwm() -> float:

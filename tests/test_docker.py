@@ -26,8 +26,18 @@ try:
 except ImportError:  # Python 3.10
     tomllib = None
 
-from tests.dockerfile import (DOCKERFILE, PIN_FILE, ROOT, Instruction, arg_defaults, dockerignore_excludes, parse_dockerfile,
-                              pip_installs, read_pins, shell_commands)
+from tests.dockerfile import (
+    DOCKERFILE,
+    PIN_FILE,
+    ROOT,
+    Instruction,
+    arg_defaults,
+    dockerignore_excludes,
+    parse_dockerfile,
+    pip_installs,
+    read_pins,
+    shell_commands,
+)
 
 RUN_SCRIPT = ROOT / "launch" / "docker-run.sh"
 BIN = Path(sys.executable).parent

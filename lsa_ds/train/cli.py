@@ -26,12 +26,7 @@ import yaml
 from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
 from lsa_ds.recipe import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
-from lsa_ds.train.distributed import (
-    default_accelerator,
-    exit_rank,
-    free_port,
-    init_distributed,
-)
+from lsa_ds.train.distributed import default_accelerator, exit_rank, free_port, init_distributed, supervise_rank
 from lsa_ds.train.loop import TrainingAborted, train
 from lsa_ds.train.setup import check_without_data, setup_run_dir
 
@@ -189,5 +184,6 @@ def main(argv: list[str]) -> int:
         print(json.dumps(ds_config, indent=2))
         return 0
     if "LOCAL_RANK" in os.environ:
+        supervise_rank()  # from here on this process is the rank's child; its parent reports how it ends
         exit_rank(run_rank(args, recipe))
     return launch(args, recipe)

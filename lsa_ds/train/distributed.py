@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from datetime import timedelta
@@ -42,6 +43,27 @@ def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
         dist.barrier()  # every rank has opened every peer's buffer
         shm_buffer_path(rank).unlink(missing_ok=True)
     return rank, dist.get_world_size()
+
+
+def supervise_rank() -> None:
+    """Split this rank in two: the child returns from here and trains; this process waits for it and,
+    when it ends abnormally, says in one line which rank died and how (a rank killed by SIGKILL or
+    the OOM killer cannot say it itself), then exits with the child's status, so the launcher stops
+    the other ranks. SIGTERM/SIGINT/SIGHUP are passed on to the child, which saves and stops."""
+    pid = os.fork()
+    if pid == 0:
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: os.kill(pid, signum))
+    _, status = os.waitpid(pid, 0)  # retried after a handled signal (PEP 475)
+    code = os.waitstatus_to_exitcode(status)
+    who = f"rank {os.environ.get('RANK', '?')} (local rank {os.environ.get('LOCAL_RANK', '?')}, pid {pid})"
+    if code < 0:
+        print(f"error: {who} was killed by {signal.Signals(-code).name}; the other ranks stop", file=sys.stderr, flush=True)
+        os._exit(128 - code)
+    if code not in (0, 2):  # 2: a user error the rank has printed itself
+        print(f"error: {who} exited with status {code}", file=sys.stderr, flush=True)
+    os._exit(code)
 
 
 def exit_rank(code: int) -> NoReturn:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +206,7 @@ def run_steps(run: Run, progress: Progress, log: MetricsLog) -> str:
     for step in range(progress.step + 1, run.steps + 1):
         progress.step = step
         if die == [str(rank), str(step)]:
+            print(f"test hook: rank {rank} kills itself at step {step} (t={time.time():.3f})", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         batch = run.loader.next_step()
         applied = divergence_applies(recipe.align, step)

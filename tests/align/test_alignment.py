@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lsa_ds.recipe import load_recipe
 from lsa_ds.align.views import IGNORE, draw_shifts, make_views, pair_mask
+from lsa_ds.recipe import load_recipe
 from lsa_ds.train.engine import LMWithLoss
 from tests.conftest import SMALL_DATA
 from tests.launch import lsa, metrics, sets

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from lsa_ds.align import losses
-from lsa_ds.align.views import make_views, pair_mask
 from lsa_ds.align.losses import IGNORE, alignment_losses, chunked_ce
+from lsa_ds.align.views import make_views, pair_mask
 from tests.probes import LargestOutput
 
 B, L, H, V = 2, 13, 16, 97

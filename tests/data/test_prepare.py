@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from lsa_ds import cli
-from lsa_ds.recipe import load_recipe
 from lsa_ds.data import open_cache, prepare
 from lsa_ds.data.shards import MANIFEST, token_dtype
 from lsa_ds.data.sources import iter_records
 from lsa_ds.errors import UserError
+from lsa_ds.recipe import load_recipe
 from tests.conftest import small_recipe
 
 

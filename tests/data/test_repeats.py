@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from lsa_ds import cli
-from lsa_ds.recipe import load_recipe
-from lsa_ds.recipe.schema import RepeatConfig
 from lsa_ds.data import open_cache, prepare
 from lsa_ds.data.repeats import repeat_spans
 from lsa_ds.errors import UserError
+from lsa_ds.recipe import load_recipe
+from lsa_ds.recipe.schema import RepeatConfig
 from tests.conftest import SMALL_DATA
 
 ORDINARY = np.arange(300, 900)

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from lsa_ds.recipe.schema import SourceConfig
 from lsa_ds.data import sources as S
 from lsa_ds.errors import UserError
+from lsa_ds.recipe.schema import SourceConfig
 
 
 def records(src):

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lsa_ds.train.distributed import free_port
 from lsa_ds.eval.forward import hf_logits_fn
 from lsa_ds.eval.misalignment import measure_misalignment
 from lsa_ds.eval.perplexity import perplexity_at
+from lsa_ds.train.distributed import free_port
 
 LENGTHS, K, L, SAMPLES = [8, 16], 4, 16, 5
 

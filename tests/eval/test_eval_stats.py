@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 
 from lsa_ds.eval.report import correlate
-from lsa_ds.eval.stats import (across_seeds, bootstrap_ci, bootstrap_p, mean_ci, paired, pearson, ranks, sign_test,
-                               spearman, t95)
+from lsa_ds.eval.stats import (
+    across_seeds,
+    bootstrap_ci,
+    bootstrap_p,
+    mean_ci,
+    paired,
+    pearson,
+    ranks,
+    sign_test,
+    spearman,
+    t95,
+)
 
 
 def test_mean_ci_is_the_normal_approximation():

@@ -12,8 +12,8 @@ import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
-from lsa_ds.train.distributed import exit_rank, init_distributed
 from lsa_ds.eval import hf_logits_fn, measure_misalignment, perplexity_at
+from lsa_ds.train.distributed import exit_rank, init_distributed
 
 init_distributed()
 cfg = LlamaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -102,11 +102,11 @@ def test_alignment_on_and_off_both_train_with_falling_loss(runs, base_model):
     windows and tokens, the base scored in-process exactly as the runs' evaluation scores."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lsa_ds.recipe import load_recipe
     from lsa_ds.data import open_cache
     from lsa_ds.eval.forward import hf_logits_fn
     from lsa_ds.eval.heldout import cache_windows
     from lsa_ds.eval.perplexity import perplexity_at
+    from lsa_ds.recipe import load_recipe
 
     out, _ = runs
     for name in ("lsa", "plain"):

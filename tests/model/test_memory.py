@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lsa_ds.recipe import load_recipe
 from lsa_ds.align.views import draw_shifts, make_views
-from lsa_ds.train.engine import LMWithLoss
 from lsa_ds.model.memory import tile_mlps
+from lsa_ds.recipe import load_recipe
+from lsa_ds.train.engine import LMWithLoss
 
 L, V = 96, 300
 

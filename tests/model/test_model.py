@@ -14,11 +14,11 @@ import pytest
 import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from lsa_ds.errors import UserError
+from lsa_ds.model.build import _assert_rope_effective, build_model, count_params, local_param_numel
+from lsa_ds.model.config import PRESETS, build_hf_config, expected_inv_freq, rope_summary
 from lsa_ds.recipe import load_recipe
 from lsa_ds.train.distributed import free_port
-from lsa_ds.errors import UserError
-from lsa_ds.model.config import PRESETS, build_hf_config, expected_inv_freq, rope_summary
-from lsa_ds.model.build import _assert_rope_effective, build_model, count_params, local_param_numel
 
 VOCAB, BOS, EOS, PAD = 300, 1, 2, 0
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lsa_ds.errors import UserError
 from lsa_ds.recipe import load_recipe
 from lsa_ds.recipe.ds_config import DS_CONFIG_DIR, load_template, resolve_ds_config, template_path, zero_stage
-from lsa_ds.errors import UserError
 
 TEMPLATES = {"zero3": 3, "zero3_offload": 3, "zero2": 2}
 BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from lsa_ds.errors import UserError
 from lsa_ds.recipe import load_recipe, recipe_changes, recipe_to_dict
 from lsa_ds.recipe.reference import render
-from lsa_ds.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from lsa_ds import cli
-from lsa_ds.sweep import cli as sweep
-from lsa_ds.sweep import spec as sweep_spec
 from lsa_ds.recipe import load_recipe
 from lsa_ds.recipe.ds_config import resolve_ds_config
+from lsa_ds.sweep import cli as sweep
+from lsa_ds.sweep import spec as sweep_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from lsa_ds import cli
-from lsa_ds.sweep import spec as sweep_spec
 from lsa_ds.errors import UserError
+from lsa_ds.sweep import spec as sweep_spec
 from lsa_ds.sweep.report import write_sweep_report
 
 T2 = 4.3027  # two-sided 95% t quantile, 2 degrees of freedom

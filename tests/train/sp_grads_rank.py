@@ -17,14 +17,14 @@ def main(out: str, overrides: list[str]) -> None:
     import torch.distributed as dist
     from deepspeed.utils import safe_get_full_grad
 
-    from lsa_ds.recipe import load_recipe
-    from lsa_ds.data import open_cache
-    from lsa_ds.train.distributed import init_distributed
-    from lsa_ds.recipe.ds_config import resolve_ds_config
-    from lsa_ds.train.engine import Engine
-    from lsa_ds.model.config import build_hf_config
-    from lsa_ds.model.build import build_model
     from lsa_ds.align.views import micro_views
+    from lsa_ds.data import open_cache
+    from lsa_ds.model.build import build_model
+    from lsa_ds.model.config import build_hf_config
+    from lsa_ds.recipe import load_recipe
+    from lsa_ds.recipe.ds_config import resolve_ds_config
+    from lsa_ds.train.distributed import init_distributed
+    from lsa_ds.train.engine import Engine
     from lsa_ds.train.loop import window_loader
 
     rank, world = init_distributed()

@@ -119,12 +119,12 @@ def test_export_frames_text_as_training_did_and_generates_with_a_cache(runs):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from lsa_ds.recipe import load_recipe
     from lsa_ds.data import open_cache
     from lsa_ds.data.sources import iter_records
     from lsa_ds.eval.forward import hf_logits_fn
     from lsa_ds.eval.perplexity import window_nll
     from lsa_ds.eval.targets import load_model, resolve
+    from lsa_ds.recipe import load_recipe
 
     run = runs / "two"
     recipe = load_recipe(run / "config.yaml")
