@@ -2,7 +2,8 @@
 # Run `lsa ARGS...` in the lsa-ds docker image (docker/Dockerfile) with the flags that are easy to forget
 # and expensive to miss: GPUs, host IPC and a large /dev/shm (NCCL, data loader workers), unlimited
 # locked memory and a 64 MB stack (NCCL/InfiniBand, DeepSpeed), host networking (NCCL across nodes), your
-# uid (files in runs/ belong to you), and volumes for data, runs and caches. See docs/docker.md.
+# uid (files in runs/ belong to you), and volumes for data, runs and caches. See docs/docker.md (also for
+# the buildah and podman equivalents).
 #
 #   launch/docker-run.sh train recipes/my-recipe.yaml --nproc 8
 #   LSA_HOSTFILE=./hostfile launch/docker-run.sh train recipes/my.yaml --hostfile /workspace/hostfile --num_nodes 2 --nproc 8
@@ -25,7 +26,8 @@ Environment (defaults in brackets):
                   [$HF_HOME or ~/.cache/huggingface]
   LSA_RECIPES     host recipes folder mounted read-only at /workspace/recipes, if it exists
                   [./recipes; otherwise the image's own recipes]
-  LSA_GPUS        value of --gpus [all]; a subset is e.g. '"device=0,1"'
+  LSA_GPUS        value of --gpus [all]; a subset is e.g. '"device=0,1"'; `none` leaves --gpus out (the
+                  CPU image of scripts/build-container.sh, or a machine without GPUs)
   LSA_SHM_SIZE    --shm-size [64g] (applies when LSA_IPC is not host)
   LSA_IPC         --ipc [host]
   LSA_NETWORK     --network [host]
@@ -70,9 +72,11 @@ if [ "$1" = "sshd" ]; then
   shift
 fi
 
-args=(run --rm --init
-  --gpus "${LSA_GPUS:-all}"
-  --ipc="${LSA_IPC:-host}"
+args=(run --rm --init)
+if [ "${LSA_GPUS:-all}" != none ]; then
+  args+=(--gpus "${LSA_GPUS:-all}")
+fi
+args+=(--ipc="${LSA_IPC:-host}"
   --shm-size "${LSA_SHM_SIZE:-64g}"
   --ulimit memlock=-1 --ulimit stack=67108864
   --network "${LSA_NETWORK:-host}"

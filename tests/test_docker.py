@@ -1,7 +1,8 @@
 """The docker image: lint, one pin file shared with the README install, build context, run script.
 
 No docker engine is needed: the Dockerfile is parsed and `.dockerignore` evaluated with Docker's own
-matching rules (tests/dockerfile.py), and launch/docker-run.sh is exercised in its dry-run mode.
+matching rules (tests/dockerfile.py), and launch/docker-run.sh is exercised in its dry-run mode. The
+CPU variant of the same Dockerfile is built and run with buildah in tests/test_container.py.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tests.dockerfile import (
 )
 
 RUN_SCRIPT = ROOT / "launch" / "docker-run.sh"
+BUILD_SCRIPT = ROOT / "scripts" / "build-container.sh"
 BIN = Path(sys.executable).parent
 
 
@@ -62,7 +64,8 @@ def test_hadolint_dockerfile_is_clean():
 
 def test_shellcheck_docker_scripts_are_clean():
     shellcheck = _tool("shellcheck")
-    scripts = [RUN_SCRIPT, ROOT / "docker" / "entrypoint.sh", ROOT / "docker" / "lsa-sshd.sh"]
+    scripts = [RUN_SCRIPT, BUILD_SCRIPT, ROOT / ".ci" / "run", ROOT / "docker" / "entrypoint.sh",
+               ROOT / "docker" / "lsa-sshd.sh"]
     r = subprocess.run([str(shellcheck), *map(str, scripts)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -165,6 +168,37 @@ def test_dockerfile_image_basics():
         assert pkg in apt.split(), pkg
 
 
+def test_one_dockerfile_for_ngc_and_the_cpu_variant():
+    """BASE_IMAGE defaults to NGC; the CPU build (scripts/build-container.sh) changes only build args, and
+    the wheelhouse args have no default, so a plain `docker build` installs from PyPI as before."""
+    instructions = parse_dockerfile()
+    declared = {}
+    for ins in instructions:
+        if ins.keyword == "ARG":
+            name, eq, value = ins.args.partition("=")
+            declared[name] = value if eq else None
+    assert declared["BASE_IMAGE"].startswith("nvcr.io/nvidia/pytorch:")
+    assert declared["PIP_FIND_LINKS"] is None and declared["PIP_NO_INDEX"] is None
+    env = " ".join(i.args for i in instructions if i.keyword == "ENV")
+    assert "PIP_FIND_LINKS" not in env and "PIP_NO_INDEX" not in env, "the wheelhouse must not stay in the image's env"
+    # the wheelhouse args come before the first pip install (they reach every RUN after their ARG)
+    first_pip = next(k for k, i in enumerate(instructions) if i.keyword == "RUN" and "pip install" in i.args)
+    arg_at = {i.args.partition("=")[0]: k for k, i in enumerate(instructions) if i.keyword == "ARG"}
+    assert arg_at["PIP_FIND_LINKS"] < first_pip and arg_at["PIP_NO_INDEX"] < first_pip
+    # every --build-arg the script passes is an ARG of the Dockerfile
+    passed = set(re.findall(r"--build-arg (\w+)=", BUILD_SCRIPT.read_text()))
+    assert {"BASE_IMAGE", "PIP_FIND_LINKS", "PIP_NO_INDEX"} <= passed
+    assert passed <= set(declared), passed - set(declared)
+
+
+def test_dockerfile_copies_the_package_data_not_the_root_symlinks():
+    sources = _copy_sources()
+    assert "lsa_ds" in sources
+    for link in ("recipes", "ds_configs", "demo"):
+        assert link not in sources, f"{link} at the root is a symlink into lsa_ds/assets; COPY lsa_ds/assets/{link}"
+    assert (ROOT / "lsa_ds" / "assets" / "recipes" / "tiny-cpu.yaml").is_file()
+
+
 # --- the pin file is what the README install installed -----------------------------------------------
 
 
@@ -241,7 +275,9 @@ def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_the_rest():
             assert not dockerignore_excludes(rel), f".dockerignore leaves out {rel}, which the Dockerfile COPYs"
     for rel in (".venv/bin/python", "runs/x/metrics.jsonl", ".git/HEAD", ".cache/lsa-ds/x.bin", "bench/out/r.json",
                 "data/corpus.jsonl", "lsa_ds.egg-info/PKG-INFO", "dist/lsa_ds-0.1.0-py3-none-any.whl",
-                "tests/test_docker.py", ".pytest_cache/v/cache/nodeids"):
+                "tests/test_docker.py", ".pytest_cache/v/cache/nodeids",
+                ".cache/container/wheelhouse-0123/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+                ".cache/container/rootfs-bookworm-0123.tar", "recipes/tiny-cpu.yaml"):
         assert dockerignore_excludes(rel), f".dockerignore lets {rel} into the build context"
 
 
@@ -286,6 +322,16 @@ def test_docker_run_dry_run_prints_the_full_command(tmp_path):
     assert cmd[-len(lsa_args) - 1:] == ["lsa-ds:test", *lsa_args]
     # a dry run has no side effects
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_docker_run_without_gpus_for_the_cpu_image(tmp_path):
+    r = _run_script(["train", "tiny-cpu", "--nproc", "2"], tmp_path, LSA_DRY_RUN="1", LSA_GPUS="none",
+                    LSA_IMAGE="lsa-ds:cpu")
+    assert r.returncode == 0, r.stderr
+    cmd = shlex.split(r.stdout)
+    assert "--gpus" not in cmd and "none" not in cmd
+    assert cmd[:4] == ["docker", "run", "--rm", "--init"] and "--ipc=host" in cmd
+    assert cmd[-5:] == ["lsa-ds:cpu", "train", "tiny-cpu", "--nproc", "2"]
 
 
 def test_docker_run_multi_node_mounts_hostfile_and_ssh(tmp_path):

@@ -144,7 +144,9 @@ def save(engine, run_dir: Path, recipe: Recipe, step: int, consumed_samples: int
         # With adapters only what trains is saved: the frozen base comes back from model.path/init_from.
         engine.ds.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False,
                                   exclude_frozen_parameters=uses_adapters(recipe))
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        if isinstance(e, dist.DistBackendError):
+            raise  # a lost peer, not a write
         error = e
         dist.barrier()  # the one DeepSpeed's save ends with, where ranks that wrote their part wait
     if error is None:
@@ -175,11 +177,22 @@ def save(engine, run_dir: Path, recipe: Recipe, step: int, consumed_samples: int
     return tag
 
 
-def _agree_written(error: OSError | None, folder: Path) -> None:
+def _write_failure(error: Exception, folder: Path) -> str:
+    """Why a write failed, in a few words: the OS error, or (torch.save's zip writer turns ENOSPC
+    into a RuntimeError) the filesystem's free space when it is all but gone."""
+    if isinstance(error, OSError):
+        return f"{error.strerror or error}: {error.filename or folder}"
+    usage = shutil.disk_usage(folder.parent)
+    if usage.free < min(64 << 20, usage.total // 100):
+        return f"No space left on device: {usage.free} bytes free on the filesystem of {folder.parent}"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} (writing {folder})"
+
+
+def _agree_written(error: Exception | None, folder: Path) -> None:
     """Collective: go on when every rank wrote its part; otherwise remove the unfinished folder and
     raise CheckpointWriteError on every rank, with the first failing rank's reason."""
     reasons = [None] * dist.get_world_size()
-    dist.all_gather_object(reasons, None if error is None else f"{error.strerror or error}: {error.filename or folder}")
+    dist.all_gather_object(reasons, None if error is None else _write_failure(error, folder))
     failed = [(r, why) for r, why in enumerate(reasons) if why]
     if not failed:
         return

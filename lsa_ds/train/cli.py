@@ -26,6 +26,7 @@ import yaml
 from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
 from lsa_ds.recipe import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
+from lsa_ds.train.checkpoint import CheckpointWriteError
 from lsa_ds.train.distributed import default_accelerator, exit_rank, free_port, init_distributed, supervise_rank
 from lsa_ds.train.loop import TrainingAborted, train
 from lsa_ds.train.setup import check_without_data, setup_run_dir
@@ -125,7 +126,8 @@ def run_rank(args, recipe: Recipe) -> int:
         ds_config = json.loads((recipe.run_dir / "ds_config.json").read_text())
         train(recipe, recipe.run_dir, ds_config, tag)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if rank == 0 or not isinstance(e, CheckpointWriteError):  # raised on every rank alike: rank 0 says it
+            print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except TrainingAborted as e:
         print(f"error: rank {rank}: {e}", file=sys.stderr)

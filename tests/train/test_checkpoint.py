@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -143,6 +144,61 @@ def test_resume_refuses_a_changed_recipe_unless_each_change_is_allowed_and_recor
     assert {c["key"]: (c["old"], c["new"]) for c in history["changes"]} == {
         "align.alpha": (0.1, 0.5), "train.max_steps": (10, 11), "checkpoint.keep_last": (2, 3)}
     assert "alpha: 0.5" in (run / "config.yaml").read_text()
+
+
+def test_a_full_disk_stops_the_save_with_one_line_and_resume_continues_from_the_previous_checkpoint(env, tmp_path):
+    """The run directory on a size-limited tmpfs that holds two checkpoints and not a third: the third
+    save fails on every rank, the run stops with one line, the unfinished folder is gone, the previous
+    checkpoint is intact; with space again, --resume continues exactly."""
+    out, recipe, cache = env
+    newest = sorted((out / "ref" / "checkpoints").glob("step*/COMPLETE"))[-1].parent
+    ckpt = sum(f.stat().st_size for f in newest.iterdir())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={2 * ckpt + 400_000}", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({mounted.stderr.strip()})")
+    try:
+        args = [a if a != f"run.output_dir={out}" else f"run.output_dir={disk}" for a in common(out, cache, "full")]
+        failed = lsa("train", str(recipe), *args, "--nproc", "2", check=False)
+        run = disk / "full"
+        errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+        assert failed.returncode != 0 and len(errors) == 1, failed.stderr[-3000:]
+        assert "checkpoint step00000006 could not be written" in errors[0] and "No space left on device" in errors[0]
+        assert "step00000004 is complete" in errors[0] and "Traceback" not in failed.stderr
+        assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step00000002", "step00000004"]
+        assert (run / "checkpoints" / "latest").read_text() == "step00000004"
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        lsa("train", str(recipe), *args, "--resume", "--nproc", "2")
+        assert per_step(run) == {k: v for k, v in per_step(out / "ref").items() if k <= STEPS}
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_corrupt_or_truncated_checkpoint_is_refused_naming_the_file_and_the_previous_one(env, capsys):
+    out, recipe, cache = env
+    run = out / "corrupt"
+    lsa("train", str(recipe), *common(out, cache, "corrupt"), *sets("train.max_steps=4"), "--nproc", "2")
+    newest = run / "checkpoints" / "step00000004"
+    manifest = json.loads((newest / "manifest.json").read_text())["files"]
+    assert {"client.json", "rng-rank0.json", "rng-rank1.json"} <= set(manifest) and len(manifest) >= 7
+    victim = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    blob = victim.read_bytes()
+    victim.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))  # one bit flipped: same size
+    args = [*common(out, cache, "corrupt"), *sets("train.max_steps=6"), "--allow-change", "train.max_steps"]
+    assert cli.main(["train", str(recipe), *args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{victim}: checksum differs from the manifest (corrupt)" in err and "\n" not in err
+    assert "previous complete checkpoint is step00000002" in err and "--resume-from 2" in err
+    assert cli.main(["export", str(run), "--out", str(out / "corrupt-export")]) == 2
+    assert "checksum differs" in capsys.readouterr().err and not (out / "corrupt-export").exists()
+    victim.write_bytes(blob[:1000])  # truncated
+    assert cli.main(["train", str(recipe), *args, "--resume"]) == 2
+    assert "1000 bytes, " in capsys.readouterr().err
+    # the user says so: continue from the previous one; the newer one is kept aside, not used
+    lsa("train", str(recipe), *args, "--resume", "--resume-from", "2", "--nproc", "2")
+    assert max(per_step(run)) == 6 and (run / "checkpoints" / "step00000004-superseded").is_dir()
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank_with_same_data_order(env):
