@@ -98,6 +98,8 @@ def setup_run_dir(recipe: Recipe, world: int, overwrite: bool, resume: bool = Fa
         shutil.rmtree(run_dir)
     if resume:
         step = checkpoint.read_client(run_dir / "checkpoints", tag.removesuffix("-universal"))["step"] if tag else 0
+        if tag is None:
+            print(f"{run_dir} has no complete checkpoint yet: training starts again from step 0")
         _trim_metrics(run_dir, step)
         record_changes(run_dir, step, changes, list(allow_change))
     run_dir.mkdir(parents=True, exist_ok=True)

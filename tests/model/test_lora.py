@@ -159,7 +159,8 @@ def test_a_two_rank_adapter_checkpoint_resumes_on_one_rank(runs, data_cache_dir,
         # the same global batch of 8 windows: micro 2 × accum 2 × 2 ranks, or micro 2 × accum 4 × 1 rank
         args = common(out, data_cache_dir, base_model, name, *PLAIN, f"train.max_steps={STEPS + 2}",
                       f"train.grad_accum={4 // int(nproc)}")
-        lsa("train", str(recipe), *args, "--resume", "--nproc", nproc)
+        # two more steps than planned stretch the LR schedule: named, as a user must (lsa_ds.train.resume)
+        lsa("train", str(recipe), *args, "--resume", "--allow-change", "train.max_steps", "--nproc", nproc)
         got[nproc] = per_step(out / name)
     one, two = got["1"][STEPS + 1], got["2"][STEPS + 1]
     first = STEPS * 8  # the step's windows: all of them on one rank, rank 0's share of them on two

