@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import lsa_ds.data.hub as hub
 from lsa_ds.errors import UserError
 from lsa_ds.recipe.schema import SourceConfig
 
@@ -133,12 +134,29 @@ def _parquet(src: SourceConfig) -> Iterator[Record]:
                 row += 1
 
 
+def hf_dataset_folder(src: SourceConfig) -> Path | None:
+    """The cached snapshot an `hf` source without `format` names by hub id (`owner/name[@rev]`,
+    resolved offline by `lsa_ds.data.hub`), or None when its path is a local one. A snapshot is
+    a folder of data files (parquet, jsonl, csv, ...) that `datasets.load_dataset` reads as it
+    would the repository; `format` always means local files."""
+    if src.type != "hf" or src.format or not hub.is_hub_name(src.path or ""):
+        return None
+    return hub.resolve(src.path, f"source '{src.name}': path", repo_type="dataset")
+
+
 def _hf(src: SourceConfig) -> Iterator[Record]:
     # deferred: `datasets` takes seconds to import; only hf sources need it
     import datasets
 
     path = Path(os.path.expanduser(src.path or ""))
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+    snapshot = hf_dataset_folder(src)
+    if snapshot is not None:  # a hub dataset: its files as the repository lays them out, never the network
+        try:
+            ds = datasets.load_dataset(str(snapshot), split=src.split, streaming=True)
+        except ValueError as e:  # an unknown split, or no data files datasets recognises
+            raise UserError(f"source '{src.name}': cannot read the cached dataset {src.path} at {snapshot} "
+                            f"({' '.join(str(e).split())[:200]})") from None
+    elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             if src.split not in ds:
@@ -225,7 +243,7 @@ def source_fingerprint(src: SourceConfig) -> dict:
         for rel, p in stdlib_files(src):
             h.update(f"{rel}\0{p.stat().st_size}\n".encode())
     else:
-        path = Path(os.path.expanduser(src.path or ""))
+        path = hf_dataset_folder(src) or Path(os.path.expanduser(src.path or ""))
         if src.type == "hf" and path.is_dir() and not src.format:
             files = sorted(p for p in path.rglob("*") if p.is_file())
         else:

@@ -1,4 +1,5 @@
-"""Tokenizers: a SentencePiece model trained locally (or loaded), or a local HF tokenizer folder.
+"""Tokenizers: a SentencePiece model trained locally (or loaded), or an HF tokenizer (a local folder,
+or a hub name in the local Hugging Face cache).
 
 Both are wrapped in `Tokenizer`, which encodes batches of documents on several threads and frames
 each document as `BOS tokens EOS` without ever doubling a BOS the tokenizer added itself.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+import lsa_ds.data.hub as hub
 from lsa_ds.data.sources import iter_records, sample_text, source_fingerprint
 from lsa_ds.errors import UserError
 from lsa_ds.recipe.schema import DataConfig
@@ -118,6 +120,12 @@ def load_sentencepiece(path: Path, add_bos: bool | None = None, add_eos: bool | 
     return Tokenizer("sentencepiece", sp, path, hashlib.sha256(blob).hexdigest()[:16], add_bos, add_eos, threads)
 
 
+def hf_tokenizer_dir(name: str) -> Path:
+    """The folder of an `hf` tokenizer: a local folder, or a hub name resolved in the local
+    Hugging Face cache (`lsa_ds.data.hub`; an uncached name is refused in one line)."""
+    return hub.resolve(name, "data.tokenizer.path", expect=hub.TOKENIZER_FILES)
+
+
 def _load_hf(path: Path, data: DataConfig) -> Tokenizer:
     # deferred: transformers only for HF tokenizers (`lsa prepare` with SentencePiece never needs it)
     from transformers import AutoTokenizer
@@ -183,8 +191,8 @@ def load_tokenizer(data: DataConfig, source_fingerprints: list[dict] | None = No
     tcfg = data.tokenizer
     if tcfg.type == "hf":
         if not tcfg.path:
-            raise UserError("data.tokenizer.path: a local HF tokenizer folder is required for type 'hf'")
-        return _load_hf(Path(tcfg.path).expanduser(), data)
+            raise UserError("data.tokenizer.path: an HF tokenizer folder or hub name is required for type 'hf'")
+        return _load_hf(hf_tokenizer_dir(tcfg.path), data)
     framing = {"add_bos": tcfg.add_bos, "add_eos": tcfg.add_eos, "threads": data.threads}
     if tcfg.path:
         path = Path(tcfg.path).expanduser()

@@ -1,6 +1,7 @@
 """`lsa eval MODEL_OR_RUN [...]` and `lsa eval --compare A B ... --out DIR`.
 
-Evaluates runs (runs/<name>/) and local Hugging Face causal-LM folders, one model at a time in
+Evaluates runs (runs/<name>/) and Hugging Face causal-LM folders (or hub names, found in the local
+Hugging Face cache, never downloaded), one model at a time in
 one process: perplexity versus context length, long-short misalignment, passkey retrieval, and
 LongBench / BABILong files when given. Writes report.json, report.md and PNG plots to --out
 (default runs/<name>/eval for a single run). docs/eval.md explains every number.
@@ -42,7 +43,8 @@ TASKS = ("ppl", "misalign", "passkey", "longbench", "babilong")
 
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser("eval", __doc__)
-    p.add_argument("targets", nargs="*", metavar="MODEL_OR_RUN", help="run directories or HF model folders")
+    p.add_argument("targets", nargs="*", metavar="MODEL_OR_RUN",
+                   help="run directories, HF model folders, or hub names in the local HF cache")
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL_OR_RUN",
                    help="several runs/models in one table and plot (same as listing them positionally)")
     p.add_argument("--out", help="output folder (required unless evaluating a single run: runs/<name>/eval)")

@@ -1,4 +1,5 @@
-"""What `lsa eval` evaluates: a run directory or any local Hugging Face causal-LM folder.
+"""What `lsa eval` evaluates: a run directory or any Hugging Face causal-LM folder (local, or a hub
+name's snapshot in the local Hugging Face cache: `lsa_ds.data.hub`).
 
 A *run* (`runs/<name>/` with config.yaml and an hf/ export, or that hf/ folder itself) brings its
 training length (train.seq_len), its held-out data (the recipe's token cache), its final training
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from lsa_ds.data import hub
 from lsa_ds.data.tokenizer import SPM_FILE, Tokenizer, load_sentencepiece
 from lsa_ds.errors import UserError
 from lsa_ds.model.adapters import ADAPTER_DIR, load_adapter_folder
@@ -33,7 +35,7 @@ from lsa_ds.recipe.schema import DataConfig
 from lsa_ds.rundir.curves import final_train_loss
 from lsa_ds.rundir.metrics import read_rows
 
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHTS = hub.MODEL_WEIGHTS
 
 
 @dataclass
@@ -111,11 +113,17 @@ def _is_adapter(folder: Path) -> bool:
     return (folder / "adapter_config.json").is_file()
 
 
+def _adapter_base(folder: Path) -> Path:
+    """The adapters' base model folder (adapter_config.json): a local folder, or a hub name's
+    snapshot in the local Hugging Face cache (PEFT writes hub names there)."""
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    return hub.resolve(base, f"{folder}/adapter_config.json: base_model_name_or_path", expect=hub.MODEL_WEIGHTS)
+
+
 def _config_dir(folder: Path) -> Path:
     """Where the model's config.json is: the folder, or for adapters without one, their base."""
     if _is_adapter(folder) and not (folder / "config.json").is_file():
-        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
-        return Path(base)
+        return _adapter_base(folder)
     return folder
 
 
@@ -123,7 +131,7 @@ def _check_hf_folder(folder: Path, shown: str) -> None:
     if _is_adapter(folder):
         if not (folder / "adapter_model.safetensors").is_file():
             raise UserError(f"{shown}: adapter folder without adapter_model.safetensors")
-        base = Path(json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "")
+        base = _adapter_base(folder)
         if not (base / "config.json").is_file():
             raise UserError(f"{shown}: the adapters' base model {str(base)!r} (adapter_config.json) is not a local model folder")
         return
@@ -137,6 +145,8 @@ def _check_hf_folder(folder: Path, shown: str) -> None:
 def resolve(path: str, length: int | None = None) -> Target:
     """The target at `path`, or UserError in one line. `length` sets L for plain model folders."""
     p = Path(path)
+    if not p.exists() and hub.is_hub_name(path):  # a hub name: its snapshot in the local Hugging Face cache
+        p = hub.resolve(path, "MODEL_OR_RUN", expect=hub.MODEL_WEIGHTS)
     if not p.exists():
         raise UserError(f"{path}: no such run or model folder")
     if not p.is_dir():
@@ -159,7 +169,7 @@ def resolve(path: str, length: int | None = None) -> Target:
         hf, recipe, loss = p, None, None
         _check_hf_folder(hf, path)
         tok = load_tokenizer(hf)
-        name = p.resolve().name
+        name = p.resolve().name if Path(path).exists() else path.rpartition("/")[2]  # a hub name's, not its commit's
 
     try:
         cfg = AutoConfig.from_pretrained(str(_config_dir(hf)), local_files_only=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lsa_ds.data import hub
 from lsa_ds.errors import UserError
 from lsa_ds.model.config import checkpoint_dir
 from lsa_ds.recipe import Recipe
@@ -199,9 +200,10 @@ def load_adapter_folder(folder: Path, dtype=torch.float32, attn: str = "sdpa") -
     from peft import PeftConfig, PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    base = PeftConfig.from_pretrained(folder).base_model_name_or_path
-    if not base or not Path(base, "config.json").is_file():
-        raise UserError(f"{folder}: the adapters' base model {base!r} (adapter_config.json) is not a local model folder")
+    name = PeftConfig.from_pretrained(folder).base_model_name_or_path or ""
+    base = hub.resolve(name, f"{folder}/adapter_config.json: base_model_name_or_path", expect=hub.MODEL_WEIGHTS)
+    if not name or not (base / "config.json").is_file():
+        raise UserError(f"{folder}: the adapters' base model {name!r} (adapter_config.json) is not a local model folder")
     cfg = AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
     model = AutoModelForCausalLM.from_pretrained(base, config=cfg, dtype=dtype, attn_implementation=attn)
     return PeftModel.from_pretrained(model, folder)

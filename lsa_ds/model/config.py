@@ -1,5 +1,6 @@
-"""The Hugging Face config a run builds its model from: architecture (a preset, a local folder or
-an earlier run's export), tokenizer ids, RoPE scaling and attention, without any weights.
+"""The Hugging Face config a run builds its model from: architecture (a preset, a local folder or a
+hub name in the local Hugging Face cache, or an earlier run's export), tokenizer ids, RoPE scaling
+and attention, without any weights.
 
 RoPE scaling is written into transformers 5's `rope_parameters` *before* the model is constructed
 (changing it on a built model is a silent no-op: the rotary buffers are computed in `__init__`).
@@ -20,6 +21,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from lsa_ds.data import hub
 from lsa_ds.errors import UserError
 from lsa_ds.model import s2_attention
 from lsa_ds.recipe import Recipe
@@ -75,17 +77,21 @@ _LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
 
 # ------------------------------------------------------------------------------------- config
 def checkpoint_dir(recipe: Recipe) -> Path | None:
-    """The local HF folder the weights come from, or None for a preset (fresh init)."""
+    """The local HF folder the weights come from, or None for a preset (fresh init). `model.path`
+    may be a hub name, resolved in the local Hugging Face cache (`lsa_ds.data.hub`)."""
     m = recipe.model
     if m.path and m.init_from:
         raise UserError(f"model.path={m.path!r} and model.init_from={m.init_from!r}: set only one of them")
-    if m.init_from:
-        hf = Path(m.init_from) / "hf"
-        if not (hf / "config.json").is_file():
+    if m.init_from:  # a run directory only: a model folder or a hub name goes in model.path
+        run = Path(m.init_from).expanduser()
+        if not run.is_dir():
+            raise UserError(f"model.init_from={m.init_from!r}: no such run directory (a Hugging Face model folder "
+                            f"or hub name goes in model.path)")
+        if not (run / "hf" / "config.json").is_file():
             raise UserError(f"model.init_from={m.init_from!r}: run {m.init_from} has no hf/ export; finish or export it first")
-        return hf
+        return run / "hf"
     if m.path:
-        path = Path(m.path)
+        path = hub.resolve(m.path, "model.path", expect=hub.MODEL_WEIGHTS)
         if not path.is_dir():
             raise UserError(f"model.path={m.path!r}: folder not found")
         if not (path / "config.json").is_file():
@@ -145,7 +151,7 @@ def _checkpoint_config(recipe: Recipe, source: Path, vocab_size: int | None) -> 
     if vocab_size is not None and (vocab_size > have or (vocab_size < have and recipe.data.tokenizer.type != "hf")):
         raise UserError(
             f"{source}: checkpoint vocab_size={have} does not match the tokenizer's {vocab_size} tokens; "
-            f"use the checkpoint's tokenizer (data.tokenizer.type=hf, data.tokenizer.path={source})"
+            f"use the checkpoint's tokenizer (data.tokenizer.type=hf, data.tokenizer.path={recipe.model.path or source})"
         )
     if recipe.model.overrides:
         raise UserError(f"model.overrides: only for presets; {source} has its own architecture")
