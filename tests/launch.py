@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline"}
 
 
 def lsa(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -65,3 +65,32 @@ def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float =
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.05)
     raise AssertionError(f"step {step} never logged")
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """The rows a run logged to Weights & Biases offline, read back from its `.wandb` transaction
+    log (wandb 0.31 ships no Python reader for it): a 7-byte header, then LevelDB-log records in
+    32 KiB blocks — 7-byte header (crc32c, length, type: 1 full, 2 first, 3 middle, 4 last) — each
+    record a `wandb_internal_pb2.Record`; history records carry the logged scalars."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (log,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    data, block, rows, pos, parts = log.read_bytes(), 32768, [], 7, b""
+    assert data[:4] == b":W&B", data[:7]
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    return rows

@@ -6,12 +6,15 @@
 - `model.activation_offload`: tensors autograd saves for backward (with activation checkpointing:
   the layer inputs it keeps) go to CPU memory while the forward runs and come back for backward
   (`torch.autograd.graph.save_on_cpu`); on a CPU-only machine it changes nothing.
+
+And what a run logs of memory: `peak_memory_mb`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import types
 
 import torch
@@ -52,3 +55,12 @@ def offloaded_activations(enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+
+
+def peak_memory_mb() -> float:
+    """This process's peak memory so far (the metrics' `peak_mem_mb`): the CUDA caching allocator's
+    `max_memory_allocated` on a GPU (tensors only, not the allocator's reserve or the CUDA context),
+    else the process's peak resident set (`ru_maxrss`, KiB on Linux)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -27,6 +27,13 @@ class RunConfig(_Section):
     """Parent folder of run directories (relative paths are relative to the working directory)."""
     log_every: int = Field(1, ge=1)
     """Write a metrics row (console, metrics.jsonl, TensorBoard) every this many optimizer steps."""
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
+    """Where rank 0 sends the metrics besides metrics.jsonl: tensorboard (`tb/`), wandb (Weights &
+    Biases, `pip install 'lsa-ds[wandb]'`; files in `wandb/`, the project from WANDB_PROJECT or
+    `lsa-ds`, WANDB_MODE=offline to stay local; `--resume` continues the same wandb run)."""
+    peak_tflops: float | None = Field(None, gt=0)
+    """Dense peak TFLOP/s of one accelerator at the training precision, for `mfu`; default: the
+    built-in table for the GPU's name (lsa_ds/model/flops.py), none on CPU (mfu is then null)."""
 
 
 # -------------------------------------------------------------------------------------- data
@@ -68,8 +75,9 @@ class SourceConfig(_Section):
     """Short unique name; also the source's folder in the token cache."""
     type: Literal["jsonl", "txt", "parquet", "hf", "stdlib"]
     """jsonl: one JSON object per line; txt: a glob, one document per file; parquet: a glob of
-    parquet files; hf: a `datasets.save_to_disk` folder, or local files `datasets` can read
-    (`format` names the builder); stdlib: the running Python's standard library sources plus
+    parquet files; hf: a `datasets.save_to_disk` folder, local files `datasets` can read
+    (`format` names the builder), or a hub dataset name (`owner/name[@rev]`, no `format`) already
+    in the local Hugging Face cache; stdlib: the running Python's standard library sources plus
     `pydoc_data.topics` (every machine has it)."""
     path: str | None = None
     """File, folder or glob (not used by `stdlib`)."""
@@ -80,7 +88,7 @@ class SourceConfig(_Section):
     format: str | None = None
     """For `hf` with local files: the `datasets` builder (json, csv, parquet, text)."""
     split: str = "train"
-    """For `hf` folders saved as a DatasetDict: which split to read."""
+    """For `hf` folders saved as a DatasetDict, and hub datasets: which split to read."""
     holdout: float = Field(0.0, ge=0, lt=1)
     """Fraction of documents kept for evaluation, chosen by a stable hash of the document key
     (relative path for stdlib/txt, file:line for jsonl, row index otherwise). stdlib defaults to 0.05."""
@@ -102,10 +110,11 @@ class SourceConfig(_Section):
 
 class TokenizerConfig(_Section):
     type: Literal["sentencepiece", "hf"] = "sentencepiece"
-    """sentencepiece: train one on the sources (or load `path` if it is a `.model`); hf: a local
-    Hugging Face tokenizer folder at `path`."""
+    """sentencepiece: train one on the sources (or load `path` if it is a `.model`); hf: the
+    Hugging Face tokenizer at `path` (a folder, or a hub name in the local Hugging Face cache)."""
     path: str | None = None
-    """An existing `.model` file or HF tokenizer folder; empty means train SentencePiece."""
+    """An existing `.model` file, or for `hf` a tokenizer folder or a hub name in the local Hugging Face
+    cache; empty means train SentencePiece."""
     vocab_size: int = Field(4096, ge=260)
     """Vocabulary size when training SentencePiece."""
     model_type: Literal["bpe", "unigram"] = "bpe"
@@ -267,9 +276,10 @@ class ModelConfig(_Section):
     """A built-in architecture: tiny, demo-h64, cpu-h192, tiny-mistral, tiny-qwen2, llama2-7b (lsa_ds/model/config.py
     PRESETS); ignored when `path` or `init_from` is set (set at most one of those two)."""
     path: str | None = None
-    """A local Hugging Face checkpoint folder to continue from."""
+    """A Hugging Face checkpoint to continue from: a local folder, or a hub name (`owner/name[@rev]`)
+    already in the local Hugging Face cache (HF_HOME / HF_HUB_CACHE; never downloaded)."""
     init_from: str | None = None
-    """An earlier run directory: continue from its `hf/` export."""
+    """An earlier run directory: continue from its `hf/` export (a model folder or hub name goes in `path`)."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Extra HF config fields for presets (hidden_size, num_hidden_layers, ...)."""
     rope: RopeConfig = Field(default_factory=RopeConfig)

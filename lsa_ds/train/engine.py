@@ -14,7 +14,6 @@ once per SP group.
 from __future__ import annotations
 
 import math
-import resource
 import time
 from dataclasses import dataclass
 
@@ -137,7 +136,9 @@ def adamw_kernel(impl: str) -> dict:
 class StepStats:
     loss: float
     ce: float
-    tokens: int
+    rows: int
+    """Sequences the model ran forward and backward this step, all ranks (long and short views are
+    a row each; a sequence-parallel group's shared rows once): what throughput counts."""
     grad_norm: float | None
     lr: float
     step_time: float
@@ -195,8 +196,9 @@ class Engine:
             micro_batches = [{k: v for k, v in mb.items() if k not in ("pair_mask", "shifts")} for mb in micro_batches]
         tokens = sum(int((torch.as_tensor(mb["labels"]) != IGNORE).sum()) for mb in micro_batches)
         pairs = sum(int(torch.as_tensor(mb["pair_mask"]).sum()) for mb in micro_batches if "pair_mask" in mb)
+        rows = sum(len(mb["input_ids"]) for mb in micro_batches)
         # every rank of a sequence-parallel group holds the whole micro-batch: count it once
-        tokens, pairs = (x / self.module.sp for x in self._global_sum([tokens, pairs]))
+        tokens, pairs, rows = (x / self.module.sp for x in self._global_sum([tokens, pairs, rows]))
         scale = loss_scale(self.world, len(micro_batches))
         sums = dict.fromkeys(("ce_sum", "div_sum", "sce_sum", "skl_sum", "gap_sum"), 0.0)
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step uses (the scheduler moves it on)
@@ -215,7 +217,7 @@ class Engine:
             totals["ce_sum"] = float("nan")
         means = step_means(totals, alpha, tokens, pairs)
         norm = self.ds.get_global_grad_norm()
-        return StepStats(loss=means["loss"], ce=means["ce"], tokens=int(tokens),
+        return StepStats(loss=means["loss"], ce=means["ce"], rows=round(rows),
                          grad_norm=None if norm is None else float(norm), lr=lr, step_time=time.perf_counter() - t0,
                          misalign=means["div_sum"], misalign_sce=means["sce_sum"], misalign_skl=means["skl_sum"],
                          ce_gap=means["gap_sum"])
@@ -240,10 +242,3 @@ class Engine:
         if sd is None:
             return None
         return {k.removeprefix("lm."): v.detach().cpu().clone() for k, v in sd.items()}
-
-
-def peak_memory_mb() -> float:
-    """Peak accelerator memory if there is one, else this process's peak resident set."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -34,13 +34,15 @@ from lsa_ds.data.windows import WindowLoader
 from lsa_ds.errors import UserError
 from lsa_ds.model.build import build_model, count_params, local_param_numel
 from lsa_ds.model.config import build_hf_config, rope_summary
-from lsa_ds.recipe import Recipe
+from lsa_ds.model.memory import peak_memory_mb
+from lsa_ds.recipe import Recipe, recipe_to_dict
 from lsa_ds.rundir.curves import draw_curves
 from lsa_ds.rundir.metrics import MetricsLog
 from lsa_ds.train import checkpoint
-from lsa_ds.train.engine import Engine, StepStats, peak_memory_mb
+from lsa_ds.train.engine import Engine, StepStats
 from lsa_ds.train.evaluation import eval_lengths, evaluate
 from lsa_ds.train.export import export_from_engine
+from lsa_ds.train.throughput import device_name, device_peak, step_figures
 
 NAN_TEST_HOOK = "LSA_TEST_NONFINITE_STEPS"
 """Test hook: comma-separated optimizer steps whose loss is made non-finite on purpose."""
@@ -100,6 +102,8 @@ class Run:
     engine: Engine
     loader: WindowLoader
     steps: int
+    peak_tflops: float | None = None
+    """One device's peak TFLOP/s at the training precision (MFU's denominator; None: unknown)."""
 
 
 @dataclass
@@ -122,7 +126,8 @@ def build(recipe: Recipe, run_dir: Path, ds_config: dict) -> Run:
     steps = total_steps(recipe, world)
     lm = build_model(recipe, hf_config, ds_config)
     engine = Engine(recipe, ds_config, lm, steps)
-    run = Run(recipe, run_dir, rank, world, cache, hf_config, lm, engine, window_loader(recipe, cache, rank, world), steps)
+    run = Run(recipe, run_dir, rank, world, cache, hf_config, lm, engine, window_loader(recipe, cache, rank, world), steps,
+              device_peak(recipe))
     _record_run(run)
     return run
 
@@ -136,7 +141,8 @@ def _record_run(run: Run) -> None:
         info = {"world_size": run.world, "steps": run.steps, "params": count_params(run.lm),
                 "trainable_params": count_params(run.lm, trainable=True), "rope": rope_summary(run.hf_config),
                 "params_per_rank": [int(t.item()) for t in per_rank], "torch": torch.__version__,
-                "token_cache": str(run.cache.folder), "vocab_size": run.cache.tokenizer.vocab_size}
+                "token_cache": str(run.cache.folder), "vocab_size": run.cache.tokenizer.vocab_size,
+                "device": device_name() or "cpu", "peak_tflops": run.peak_tflops}
         (run.run_dir / "run.json").write_text(json.dumps(info, indent=2))
 
 
@@ -163,11 +169,13 @@ def save(run: Run, progress: Progress, at: int) -> None:
 
 
 def train_row(run: Run, step: int, stats: StepStats, applied: bool, batch) -> dict:
-    """The metrics row of one optimizer step."""
+    """The metrics row of one optimizer step (throughput keys: `lsa_ds.train.throughput`)."""
+    paired = run.recipe.align.enabled and applied
     return {"step": step, "loss": stats.loss, "ce": stats.ce, "misalign": stats.misalign,
             "misalign_sce": stats.misalign_sce, "misalign_skl": stats.misalign_skl, "ce_gap": stats.ce_gap,
             **({"divergence_applied": applied} if run.recipe.align.enabled else {}), "lr": stats.lr,
-            "grad_norm": stats.grad_norm, "tokens_per_s": stats.tokens / stats.step_time,
+            "grad_norm": stats.grad_norm,
+            **step_figures(run.recipe, run.hf_config, run.world, stats.rows, stats.step_time, paired, run.peak_tflops),
             "step_time": stats.step_time, "consumed_samples": run.loader.consumed_samples,
             "peak_mem_mb": peak_memory_mb(), "sample_ids": [ids for ids, _ in batch] if run.rank == 0 else None}
 
@@ -242,7 +250,7 @@ def train(recipe: Recipe, run_dir: Path, ds_config: dict, resume_tag: str | None
     """Run on every rank (dist already initialised). Returns 'done' or 'stopped'."""
     run = build(recipe, run_dir, ds_config)
     progress = restore(run, resume_tag, ds_config)
-    log = MetricsLog(run_dir, run.steps, progress.step, run.rank == 0)
+    log = MetricsLog(run_dir, run.steps, progress.step, run.rank == 0, recipe.run.report_to, recipe_to_dict(recipe))
     try:
         status = run_steps(run, progress, log)
     finally:

@@ -37,7 +37,7 @@ IMMUTABLE = checkpoint.RESUME_CRITICAL
 
 FREE = ("run.log_every", "checkpoint.every_steps", "checkpoint.keep_last", "eval.every_steps",
         "train.dist_timeout_s", "train.max_skipped_steps", "data.threads", "data.batch_docs",
-        "run.name", "run.output_dir")
+        "run.name", "run.output_dir", "run.report_to", "run.peak_tflops")
 """Keys that change how the run is watched or stored, never what it computes."""
 
 LAYOUT = ("train.micro_batch_size", "train.grad_accum", "train.sequence_parallel")

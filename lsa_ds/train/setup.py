@@ -23,12 +23,14 @@ import yaml
 
 from lsa_ds.data import TokenCache, open_cache, prepare
 from lsa_ds.data.sources import source_fingerprint
+from lsa_ds.data.tokenizer import hf_tokenizer_dir
 from lsa_ds.errors import UserError
 from lsa_ds.eval.heldout import cache_windows
 from lsa_ds.model.adapters import check_adapters
 from lsa_ds.model.config import build_hf_config
 from lsa_ds.recipe import Recipe, recipe_to_dict
 from lsa_ds.recipe.ds_config import resolve_ds_config
+from lsa_ds.rundir.metrics import check_reporters
 from lsa_ds.train import checkpoint, sequence_parallel
 from lsa_ds.train.evaluation import eval_lengths
 from lsa_ds.train.resume import prepare_resume, record_changes
@@ -36,16 +38,19 @@ from lsa_ds.train.resume import prepare_resume, record_changes
 
 def check_without_data(recipe: Recipe, world: int) -> dict:
     """Everything that can be refused without the data: the DeepSpeed config, the step budget, the
-    sources' and tokenizer's paths, the model config (architecture, checkpoint folder, RoPE,
+    sources' and tokenizer's paths, the reporters' packages, the model config (architecture, checkpoint folder, RoPE,
     attention, adapters). Writes nothing. Returns the resolved DeepSpeed config."""
     ds_config = resolve_ds_config(recipe, world)
     if recipe.train.max_steps is None and recipe.train.token_budget is None:
         raise UserError("train.max_steps or train.token_budget must be set")
+    check_reporters(recipe.run.report_to)
     for src in recipe.data.sources:
         source_fingerprint(src)  # lists the files: a path matching nothing is refused here
     tok = recipe.data.tokenizer
-    if tok.path and not Path(tok.path).expanduser().exists():
-        raise UserError(f"data.tokenizer.path: '{tok.path}' not found")
+    if tok.path:  # an hf tokenizer may be a hub name: found in the local Hugging Face cache or refused here
+        found = hf_tokenizer_dir(tok.path) if tok.type == "hf" else Path(tok.path).expanduser()
+        if not found.exists():
+            raise UserError(f"data.tokenizer.path: '{tok.path}' not found")
     hf_config = build_hf_config(recipe, None, None, None, None)  # vocabulary unknown yet: check_with_data
     check_adapters(recipe, hf_config)
     sequence_parallel.check(recipe, hf_config)

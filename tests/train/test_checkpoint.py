@@ -50,7 +50,8 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(env):
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(env):
     out, recipe, cache = env
-    proc = start(recipe, common(out, cache, "term") + sets("checkpoint.every_steps=100"))
+    wandb = sets("checkpoint.every_steps=100", "run.report_to=[tensorboard,wandb]")  # offline: tests.launch.ENV
+    proc = start(recipe, common(out, cache, "term") + wandb)
     wait_for_step(out / "term", 3, proc)
     os.kill(proc.pid, signal.SIGTERM)  # what SLURM sends on preemption
     output, _ = proc.communicate(timeout=120)
@@ -58,8 +59,15 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(env):
     assert "stopped by signal" in output
     saved = json.loads((out / "term" / "checkpoints" / "latest").read_text().removeprefix("step").lstrip("0") or "0")
     assert 3 <= saved < STEPS
-    lsa("train", str(recipe), *common(out, cache, "term"), *sets("checkpoint.every_steps=100"), "--resume", "--nproc", "2")
+    lsa("train", str(recipe), *common(out, cache, "term"), *wandb, "--resume", "--nproc", "2")
     assert per_step(out / "term") == per_step(out / "ref")
+    # the resumed run continues the same wandb run (wandb writes one offline folder per start)
+    run_id = (out / "term" / "wandb" / "run-id").read_text().strip()
+    assert [p.name.rsplit("-", 1)[1] for p in (out / "term" / "wandb").glob("offline-run-*")] == [run_id] * 2
+    # alignment on: both views are rows (micro 1 × 2 views × accum 2 × 2 ranks), one view is the window's
+    train, _ = metrics(out / "term")
+    assert all(r["tokens_per_s"] * r["step_time"] == pytest.approx(8 * 64) for r in train)
+    assert all(r["effective_tokens_per_s"] == pytest.approx(r["tokens_per_s"] / 2) for r in train)
 
 
 def test_ctrl_c_stops_with_one_line_and_no_traceback(env):

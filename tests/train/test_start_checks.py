@@ -18,6 +18,8 @@ BAD = {
     "no step budget": (["train.max_steps=null"], "train.max_steps or train.token_budget must be set"),
     "source matches nothing": (["data.sources=[{name: docs, type: txt, path: /nonexistent/*.txt}]"], "matches no files"),
     "missing tokenizer": (["data.tokenizer.path=/nonexistent/tok.model"], "data.tokenizer.path"),
+    "uncached hub model": (["model.preset=null", "model.path=lsa-test/never-cached"],
+                           "model.path='lsa-test/never-cached': no local folder of that name"),
     "rope factor below 1": (["model.rope.type=linear", "model.rope.factor=0.5"], "model.rope.factor=0.5"),
 }
 
@@ -34,4 +36,18 @@ def test_dry_run_and_real_start_refuse_alike_before_tokenizing(case, tmp_path, c
     assert cli.main(args) == 2
     real = capsys.readouterr().err.strip()
     assert dry == real and "\n" not in real and expect in real, (dry, real)
+    assert not cache.exists() and not runs.exists()
+
+
+def test_wandb_requested_but_not_installed_is_refused_before_anything_starts(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what importlib sees when wandb is not installed
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"run: {{name: bad, output_dir: '{runs}'}}\ndata: {{cache_dir: '{cache}'}}\ntrain: {{max_steps: 2}}\n")
+    for dry in (["--dry-run"], []):
+        assert cli.main(["train", str(recipe), *sets("run.report_to=[tensorboard,wandb]"), "--nproc", "1", *dry]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "pip install 'lsa-ds[wandb]'" in err, err
     assert not cache.exists() and not runs.exists()

@@ -29,7 +29,8 @@ def runs(tmp_path_factory, prepared, data_cache_dir):
     recipe = out / "base.yaml"
     recipe.write_text("{}\n")
     shm_before = _shm_buffers()
-    lsa("train", str(recipe), *sets(*common, "run.name=two", "train.micro_batch_size=1"), "--nproc", "2")
+    lsa("train", str(recipe), *sets(*common, "run.name=two", "train.micro_batch_size=1", "run.report_to=[tensorboard,wandb]"),
+        "--nproc", "2")  # wandb offline (tests.launch.ENV)
     lsa("train", str(recipe), *sets(*common, "run.name=one", "train.micro_batch_size=2"), "--nproc", "1")
     lsa("train", str(recipe), *sets(*common, "run.name=ext", "train.micro_batch_size=1", "train.seq_len=256",
                                     f"model.init_from={out / 'two'}", "model.rope.type=linear", "train.max_steps=3",
@@ -61,6 +62,7 @@ def test_two_rank_zero3_run_trains_and_fills_the_run_directory(runs):
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
     for key in ("loss", "ce", "lr", "grad_norm", "tokens_per_s", "step_time", "consumed_samples", "peak_mem_mb"):
         assert all(isinstance(r[key], (int, float)) for r in train), key
+    _throughput_is_the_formulas(run, train)
     first, last = sum(r["loss"] for r in train[:3]) / 3, sum(r["loss"] for r in train[-3:]) / 3
     assert last < first - 0.3, (first, last)
     assert [e["step"] for e in evals] == [6, 12] and evals[1]["loss@64"] < evals[0]["loss@64"]
@@ -71,6 +73,41 @@ def test_two_rank_zero3_run_trains_and_fills_the_run_directory(runs):
     assert train[-1]["consumed_samples"] == STEPS * 4
     ds = json.loads((run / "ds_config.json").read_text())
     assert ds["train_batch_size"] == 4 and ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 1.0
+
+
+def _throughput_is_the_formulas(run, train):
+    """4 rows of 64 tokens per step (micro 1 × accum 2 × 2 ranks, one view: alignment off); FLOPs
+    from lsa_ds.model.flops on the exported config; no MFU on CPU (no peak known)."""
+    from transformers import AutoConfig
+
+    from lsa_ds.model.flops import step_flops
+
+    flops = step_flops(AutoConfig.from_pretrained(run / "hf"), 4, 64).model
+    for r in train:
+        assert r["tokens_per_s"] * r["step_time"] == pytest.approx(4 * 64)
+        assert r["tokens_per_s_per_rank"] == pytest.approx(r["tokens_per_s"] / 2)
+        assert r["effective_tokens_per_s"] == pytest.approx(r["tokens_per_s"])
+        assert r["flops_per_step"] == r["hardware_flops_per_step"] == flops  # one loss chunk: nothing recomputed
+        assert r["tflops"] == pytest.approx(flops / r["step_time"] / 1e12)
+        assert r["tflops_per_rank"] == pytest.approx(r["tflops"] / 2) and r["mfu"] is None
+    info = json.loads((run / "run.json").read_text())
+    assert info["device"] == "cpu" and info["peak_tflops"] is None
+
+
+def test_wandb_offline_holds_the_same_scalars_as_metrics_jsonl(runs):
+    from tests.launch import wandb_history
+
+    run = runs / "two"
+    history = wandb_history(run)
+    run_id = (run / "wandb" / "run-id").read_text().strip()
+    assert [p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")] == [run_id]
+    for kind, rows in zip(("train", "eval"), metrics(run)):
+        logged = [h for h in history if any(k.startswith(kind + "/") for k in h)]
+        assert [h["step"] for h in logged] == [r["step"] for r in rows]
+        for h, r in zip(logged, rows):
+            numbers = {f"{kind}/{k}": v for k, v in r.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+            assert {k: v for k, v in h.items() if k.startswith(kind + "/")} == numbers
 
 
 def test_each_rank_holds_about_half_of_the_parameters(runs):
@@ -86,7 +123,8 @@ def test_tensorboard_events_are_readable(runs):
     acc = EventAccumulator(str(runs / "two" / "tb"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/loss@64"} <= set(tags)
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/tflops_per_rank",
+            "train/flops_per_step", "train/effective_tokens_per_s", "eval/loss@64"} <= set(tags)
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, STEPS + 1))
 
 
