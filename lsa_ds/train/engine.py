@@ -136,6 +136,8 @@ def adamw_kernel(impl: str) -> dict:
 class StepStats:
     loss: float
     ce: float
+    tokens: int
+    """Target tokens of the step, all ranks (both views' CE targets)."""
     rows: int
     """Sequences the model ran forward and backward this step, all ranks (long and short views are
     a row each; a sequence-parallel group's shared rows once): what throughput counts."""
@@ -217,7 +219,7 @@ class Engine:
             totals["ce_sum"] = float("nan")
         means = step_means(totals, alpha, tokens, pairs)
         norm = self.ds.get_global_grad_norm()
-        return StepStats(loss=means["loss"], ce=means["ce"], rows=round(rows),
+        return StepStats(loss=means["loss"], ce=means["ce"], tokens=int(tokens), rows=round(rows),
                          grad_norm=None if norm is None else float(norm), lr=lr, step_time=time.perf_counter() - t0,
                          misalign=means["div_sum"], misalign_sce=means["sce_sum"], misalign_skl=means["skl_sum"],
                          ce_gap=means["gap_sum"])
