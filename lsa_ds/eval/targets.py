@@ -29,13 +29,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from lsa_ds.data import hub
 from lsa_ds.data.tokenizer import SPM_FILE, Tokenizer, load_sentencepiece
 from lsa_ds.errors import UserError
-from lsa_ds.model.adapters import ADAPTER_DIR, load_adapter_folder
+from lsa_ds.model.adapters import ADAPTER_DIR, adapter_base, load_adapter_folder
 from lsa_ds.recipe import Recipe, load_recipe
 from lsa_ds.recipe.schema import DataConfig
 from lsa_ds.rundir.curves import final_train_loss
 from lsa_ds.rundir.metrics import read_rows
-
-_WEIGHTS = hub.MODEL_WEIGHTS
 
 
 @dataclass
@@ -113,17 +111,10 @@ def _is_adapter(folder: Path) -> bool:
     return (folder / "adapter_config.json").is_file()
 
 
-def _adapter_base(folder: Path) -> Path:
-    """The adapters' base model folder (adapter_config.json): a local folder, or a hub name's
-    snapshot in the local Hugging Face cache (PEFT writes hub names there)."""
-    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
-    return hub.resolve(base, f"{folder}/adapter_config.json: base_model_name_or_path", expect=hub.MODEL_WEIGHTS)
-
-
 def _config_dir(folder: Path) -> Path:
     """Where the model's config.json is: the folder, or for adapters without one, their base."""
     if _is_adapter(folder) and not (folder / "config.json").is_file():
-        return _adapter_base(folder)
+        return adapter_base(folder)
     return folder
 
 
@@ -131,15 +122,15 @@ def _check_hf_folder(folder: Path, shown: str) -> None:
     if _is_adapter(folder):
         if not (folder / "adapter_model.safetensors").is_file():
             raise UserError(f"{shown}: adapter folder without adapter_model.safetensors")
-        base = _adapter_base(folder)
+        base = adapter_base(folder)
         if not (base / "config.json").is_file():
             raise UserError(f"{shown}: the adapters' base model {str(base)!r} (adapter_config.json) is not a local model folder")
         return
     if not (folder / "config.json").is_file():
         raise UserError(f"{shown}: not a Hugging Face model folder (no config.json) "
                         "and not a run directory (no config.yaml)")
-    if not any((folder / w).is_file() for w in _WEIGHTS):
-        raise UserError(f"{shown}: no model weights ({' / '.join(_WEIGHTS[::2])})")
+    if not any((folder / w).is_file() for w in hub.MODEL_WEIGHTS):
+        raise UserError(f"{shown}: no model weights ({' / '.join(hub.MODEL_WEIGHTS[::2])})")
 
 
 def resolve(path: str, length: int | None = None) -> Target:

@@ -193,17 +193,23 @@ def write_adapter_folder(recipe: Recipe, model: nn.Module, hf_config, base: str,
     os.replace(tmp, out)
 
 
+def adapter_base(folder: Path) -> Path:
+    """The base model folder of an adapter folder (adapter_config.json's base_model_name_or_path): a
+    local folder, or a hub name's snapshot in the local Hugging Face cache (PEFT writes hub names)."""
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    return hub.resolve(base, f"{folder}/adapter_config.json: base_model_name_or_path", expect=hub.MODEL_WEIGHTS)
+
+
 def load_adapter_folder(folder: Path, dtype=torch.float32, attn: str = "sdpa") -> nn.Module:
     """A model from a PEFT adapter folder: its base (adapter_config.json) loaded with the folder's
     config (the run's RoPE), then `PeftModel.from_pretrained`."""
     # deferred: peft only to evaluate an adapter folder
-    from peft import PeftConfig, PeftModel
+    from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    name = PeftConfig.from_pretrained(folder).base_model_name_or_path or ""
-    base = hub.resolve(name, f"{folder}/adapter_config.json: base_model_name_or_path", expect=hub.MODEL_WEIGHTS)
-    if not name or not (base / "config.json").is_file():
-        raise UserError(f"{folder}: the adapters' base model {name!r} (adapter_config.json) is not a local model folder")
+    base = adapter_base(folder)
+    if not (base / "config.json").is_file():
+        raise UserError(f"{folder}: the adapters' base model {str(base)!r} (adapter_config.json) is not a local model folder")
     cfg = AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
     model = AutoModelForCausalLM.from_pretrained(base, config=cfg, dtype=dtype, attn_implementation=attn)
     return PeftModel.from_pretrained(model, folder)

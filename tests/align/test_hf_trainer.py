@@ -33,12 +33,9 @@ MEASURED: dict[str, float] = {}  # max |difference| per test, printed with -s (t
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add spin-waits on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def print_measured():
+    """The max differences, printed with -s (tests/align/conftest.py runs these on one thread)."""
     yield
-    torch.set_num_threads(before)
     print("\nmax differences:", {k: f"{v:.2e}" for k, v in MEASURED.items()})
 
 

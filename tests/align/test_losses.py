@@ -25,15 +25,6 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 COMBOS = list(itertools.product(["sce", "skl", "js"], ["overlap", "last", "ratio"], ["none", "long", "short"]))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only add spin-waits, badly so on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------- naive reference
 def naive_from_logits(long_logits, short_logits, labels, mask, shifts, divergence="sce", detach="none"):
     """Every logit materialised ([B, L, V] per view), pairs gathered by index, formulas written out."""
