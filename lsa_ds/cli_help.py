@@ -9,6 +9,17 @@ is a value to show; descriptions and epilogs keep their line breaks.
 from __future__ import annotations
 
 import argparse
+import sys
+
+from rich.console import Console
+
+
+def console() -> Console:
+    """A rich Console for a command's tables. At a terminal it takes the terminal's width; written
+    to a log file or a pipe, rich would assume 80 columns and cut cells ("3.286e+…") or wrap
+    phrases, so there it is wide enough that every table keeps its natural width."""
+    return Console() if sys.stdout.isatty() else Console(width=1000)
+
 
 WRITES = {
     "train": "runs/<run.name>/ (config.yaml, ds_config.json, metrics.jsonl, tb/, run.json, checkpoints/, "

@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from lsa_ds.cli_help import command_parser
+from lsa_ds.cli_help import console as cli_console
 from lsa_ds.errors import UserError
 from lsa_ds.eval import cli as eval_cli
 from lsa_ds.recipe import load_recipe, recipe_changes
@@ -92,7 +92,7 @@ def run_stages(overrides: list[str], nproc: int | None, stages: list[Stage] = ST
     """Train each stage unless complete; returns (stage, run dir, vocab size) in order. Without
     `from_scratch` the base stage is the committed demo/tiny-cpu-base."""
 
-    console = Console()
+    console = cli_console()
     done: dict[str, tuple[str, Path, int]] = {}
     for stage in stages:
         if stage.init_from is None and not from_scratch:
@@ -178,7 +178,7 @@ def summarise(stages: list[tuple[str, Path, int]], long_range: str = "all", natu
     """Print held-out loss (per held-out data) and misalignment per model, from the last
     in-training evaluation (measured as `lsa eval` does), and the verdict lines; returns
     (nothing FAILed, verdict lines)."""
-    console = Console()
+    console = cli_console()
     rows = {stage: last_eval(run_dir) for stage, run_dir, _ in stages}
     lengths = sorted(curves(rows["base"])["all"])
     table = Table(title="held-out loss of the same final tokens by context length (each run's own held-out data: "
@@ -260,5 +260,5 @@ def main(argv: list[str]) -> int:
                           "evaluation, on its own recipe's held-out data (measured as `lsa eval` measures; natural "
                           "text, the same for every run, and the repeated-span mixture apart).\n\n"
                           + "\n".join(lines) + "\n")
-        Console().print(f"evaluation report: {report} (plots beside it; natural text in {out / natural})")
+        cli_console().print(f"evaluation report: {report} (plots beside it; natural text in {out / natural})")
     return 0 if ok else 1

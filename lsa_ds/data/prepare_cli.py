@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
-from rich.console import Console
 from rich.table import Table
 
-from lsa_ds.cli_help import command_parser
+from lsa_ds.cli_help import command_parser, console
 from lsa_ds.data.shards import SourceReport, prepare
 from lsa_ds.recipe import add_recipe_args, recipe_from_args
 
@@ -45,16 +43,16 @@ def main(argv: list[str]) -> int:
     recipe = recipe_from_args(args)
 
     # a log file or a pipe gets the whole table, not one squeezed into rich's default 80 columns
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    out = console()
     folder, reports = prepare(recipe.data, progress=not args.quiet)
     if reports is None:
-        console.print(f"token cache up to date: {folder}")
+        out.print(f"token cache up to date: {folder}")
         return 0
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    console.print(summary_table(reports, manifest["sources"]))
+    out.print(summary_table(reports, manifest["sources"]))
     for rep in reports:
         for reason, example in sorted(rep.first_skip.items()):
-            console.print(f"  skipped in {rep.name} ({reason}), first: {example}", style="dim")
-    console.print(f"token cache: {folder}")
+            out.print(f"  skipped in {rep.name} ({reason}), first: {example}", style="dim")
+    out.print(f"token cache: {folder}")
     return 0

@@ -1,7 +1,7 @@
 """Token cache: Megatron-style `.bin` (tokens) + `.idx` (document offsets) shards per source and split.
 
 The cache folder is named by a hash of everything that determines its bytes (source fingerprints,
-tokenizer fingerprint, framing, dtype), so a second `prepare` with the same inputs finds it and
+the tokenizer's file digest, framing, dtype), so a second `prepare` with the same inputs finds it and
 changed inputs get a new folder. It is built under a temporary name and renamed only when complete
 (manifest written last), so a killed `prepare` never leaves a cache that looks complete.
 """
@@ -51,7 +51,7 @@ def token_dtype(data: DataConfig, vocab_size: int) -> np.dtype:
 
 def cache_dir_for(data: DataConfig, fingerprints: list[dict], tok: Tokenizer) -> Path:
     dtype = token_dtype(data, tok.vocab_size)
-    key = json.dumps({"v": FORMAT_VERSION, "sources": fingerprints, "tokenizer": tok.fingerprint,
+    key = json.dumps({"v": FORMAT_VERSION, "sources": fingerprints, "tokenizer": tok.file_digest,
                       "bos": tok.add_bos, "eos": tok.add_eos, "dtype": dtype.name}, sort_keys=True, default=str)
     return Path(data.cache_dir) / f"tokens-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
@@ -159,11 +159,12 @@ def _check_skips(src, rep: SourceReport, max_fraction: float) -> None:
     if sum(rep.documents.values()) == 0:
         why = f" (skipped: {dict(rep.skipped)}; first: {next(iter(rep.first_skip.values()))})" if rep.skipped else ""
         raise UserError(f"source '{src.name}': no documents in '{src.path or 'stdlib'}'{why}")
-    # Empty documents are not malformed (an empty __init__.py is normal): they are reported, not counted.
-    bad = sum(n for reason, n in rep.skipped.items() if reason != "empty")
+    # Every skipped record counts, empty ones too, as docs/recipe-reference.md says (the stdlib
+    # reader leaves empty modules out: they are not records of the user's data).
+    bad = sum(rep.skipped.values())
     if bad and bad > max_fraction * rep.records:
-        first = next(v for k, v in rep.first_skip.items() if k != "empty")
-        raise UserError(f"source '{src.name}': {bad} of {rep.records} records malformed "
+        first = next(iter(rep.first_skip.values()))
+        raise UserError(f"source '{src.name}': {bad} of {rep.records} records skipped (malformed or empty) "
                         f"({bad / rep.records:.1%} > data.max_skip_fraction={max_fraction:g}); first: {first}")
 
 

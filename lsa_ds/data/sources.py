@@ -202,7 +202,9 @@ def _stdlib(src: SourceConfig) -> Iterator[Record]:
         try:
             # Python sources may declare their own encoding (PEP 263); tokenize.open honours it.
             with tokenize.open(path) as fh:
-                yield _checked_text(rel, fh.read())
+                text = fh.read()
+            if text.strip():  # an empty module (many __init__.py) is no document and no malformed record
+                yield _checked_text(rel, text)
         except (SyntaxError, UnicodeDecodeError, LookupError) as e:
             yield Record(rel, None, f"undecodable source ({type(e).__name__})")
     # deferred: a large module, only for the stdlib source

@@ -43,11 +43,25 @@ _SPM_LOSSLESS = dict(
 )
 
 
-class Tokenizer:
-    """Uniform face over SentencePiece and HF tokenizers."""
+PROBE_TEXT = ("def f(x):\n\treturn x  # 12,345.6 ÄÖü ß → ∑ 日本語 😀\n\n"
+              "  Hello,   World! The quick brown fox jumps over the lazy dog.\r\n")
+"""Text whose token ids are part of a tokenizer's fingerprint: spaces, tabs, newlines, digits,
+accents, CJK and emoji, so normalisation and merges show up in it. (No special-token strings: an
+HF tokenizer matches "<s>" in text as the special token, SentencePiece reads it as text, and the
+corpora here never hold them.)"""
 
-    def __init__(self, kind: str, impl, path: Path, fingerprint: str, add_bos: bool, add_eos: bool, threads: int = 2):
-        self.kind, self.impl, self.path, self.fingerprint = kind, impl, path, fingerprint
+
+class Tokenizer:
+    """Uniform face over SentencePiece and HF tokenizers.
+
+    Two identities: `file_digest` hashes the files it was loaded from (a token cache is keyed by
+    it: new files, new cache), and `fingerprint` hashes only what decides token ids (vocabulary in
+    id order, special ids, BOS/EOS framing and the ids of PROBE_TEXT), so the same tokenizer saved
+    as SentencePiece, as an HF folder or in an lsa-ds export has one fingerprint."""
+
+    def __init__(self, kind: str, impl, path: Path, file_digest: str, add_bos: bool, add_eos: bool, threads: int = 2):
+        self.kind, self.impl, self.path, self.file_digest = kind, impl, path, file_digest
+        self._fingerprint: str | None = None
         self.add_bos, self.add_eos, self.threads = add_bos, add_eos, threads
         if kind == "sentencepiece":
             self.vocab_size = impl.get_piece_size()
@@ -93,6 +107,23 @@ class Tokenizer:
             special = set(self.impl.all_special_ids)
             keep = [i for i in range(self.vocab_size) if i not in special]
         return np.asarray(keep, dtype=np.int64)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (16 hex) of what decides token ids; see the class docstring."""
+        if self._fingerprint is None:
+            if self.kind == "sentencepiece":
+                pieces = [self.impl.id_to_piece(i) for i in range(self.vocab_size)]
+                unk = self.impl.unk_id()
+            else:
+                pieces = self.impl.convert_ids_to_tokens(list(range(self.vocab_size)))
+                unk = self.impl.unk_token_id
+            # SentencePiece writes a space as ▁; a byte-level BPE as Ġ: both are the piece's own text
+            ids = {"pieces": pieces, "special": [self.bos_id, self.eos_id, self.pad_id, unk],
+                   "framing": [self.add_bos, self.add_eos], "probe": self.encode_documents([PROBE_TEXT])[0]}
+            blob = json.dumps(ids, ensure_ascii=False, default=int).encode()
+            self._fingerprint = hashlib.sha256(blob).hexdigest()[:16]
+        return self._fingerprint
 
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "fingerprint": self.fingerprint,

@@ -21,20 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.table import Table
 from transformers.utils import logging as hf_logging
 
-from lsa_ds.cli_help import command_parser
+from lsa_ds.cli_help import command_parser, console
 from lsa_ds.errors import UserError
 from lsa_ds.eval import babilong, longbench
 from lsa_ds.eval.benchmarks import generate_answers
+from lsa_ds.eval.data_choice import choose_data
 from lsa_ds.eval.forward import hf_logits_fn
 from lsa_ds.eval.heldout import HeldOut
 from lsa_ds.eval.misalignment import measure_misalignment
 from lsa_ds.eval.passkey import run_passkey
 from lsa_ds.eval.perplexity import default_score_tokens, perplexity_at
-from lsa_ds.eval.report import correlate, paired_against, write_report
+from lsa_ds.eval.report import correlate, paired_against, windows_groups, write_report
 from lsa_ds.eval.targets import load_model, pick_dtype, resolve
 from lsa_ds.recipe import load_recipe
 
@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds misalignment draws and passkey keys")
     g = p.add_argument_group("held-out data and lengths")
     g.add_argument("--data", metavar="RECIPE",
-                   help="recipe whose sources' eval split to use, tokenized with each model's tokenizer "
-                        "(default: a run's own token cache; the builtin stdlib corpus for model folders)")
+                   help="recipe whose sources' eval split every model is scored on, tokenized with each model's "
+                        "tokenizer (default: the first run's data, read from its token cache; without runs the "
+                        "data the first model folder recorded (lsa_data.json), else the builtin stdlib corpus)")
     g.add_argument("--source", metavar="NAME",
                    help="score only this source's held-out text (e.g. the natural text or a repeated-span mixture "
                         "of a run's data; default: all sources, blended by weight)")
@@ -204,6 +205,9 @@ def evaluate_target(t, plan: Plan, args, heldout) -> dict:
 
     if "ppl" in plan.tasks:
         win = heldout.windows(t, max(plan.lengths) + 1, args.windows)
+        if len(win) < args.windows:  # said now and carried into the settings, the header and the console
+            print(f"note: {t.name}: the held-out split has {len(win)} windows of {max(plan.lengths) + 1} tokens, "
+                  f"fewer than --windows {args.windows}; perplexity reads those {len(win)}", file=sys.stderr)
         res = perplexity_at(logits_fn, win, plan.lengths, plan.score_tokens, batch_tokens=args.batch_tokens,
                             progress=progress, desc=f"{t.name}: perplexity")
         entry["perplexity"] = {"score_tokens": plan.score_tokens, "windows": len(win), "windows_sha": _sha(win),
@@ -256,15 +260,21 @@ def main(argv: list[str]) -> int:
     plan = make_plan(args, targets)
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
-    heldout = HeldOut(load_recipe(args.data).data if args.data else None, args.source)
+    choice = choose_data(targets, load_recipe(args.data).data if args.data else None, args.data)
+    heldout = HeldOut(choice, args.source)
     if plan.tasks & {"ppl", "misalign"}:
         for t in targets:
             heldout.check(t)  # a missing token cache fails now, not after the first model ran
+        if choice.notice():
+            print(f"note: {choice.notice()}", file=sys.stderr)
     if args.no_progress:
         hf_logging.disable_progress_bar()
     report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "lsa eval " + shlex.join(argv), "settings": plan.settings(args),
               "models": [evaluate_target(t, plan, args, heldout) for t in targets]}
+    only = f", source {args.source}" if args.source else ""  # the demo's two tables differ only here
+    report["data"] = {"origin": choice.origin + only, "adopted": choice.adopted, "notice": choice.notice()}
+    _windows_used(report, args.windows)
     report["correlation"] = correlate(report["models"]) if len(targets) > 1 else None
     report["paired"] = paired_against(report["models"], args.baseline) if len(targets) > 1 else None
     md = write_report(report, out_dir)
@@ -273,10 +283,18 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _windows_used(report: dict, asked: int) -> None:
+    """settings.perplexity.windows: the count the models read (a number, or one per model when
+    they differ), beside the count asked for."""
+    used = {m["name"]: m["perplexity"]["windows"] for m in report["models"] if m.get("perplexity")}
+    if used:
+        ppl = report["settings"]["perplexity"]
+        ppl["windows"] = next(iter(used.values())) if len(set(used.values())) == 1 else used
+        ppl["windows_asked"] = asked
+
+
 def _sha(windows) -> str:
     """Identity of the token windows a metric read: models are paired only on the very same windows."""
-
-
     return hashlib.sha256(np.ascontiguousarray(windows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
@@ -293,14 +311,27 @@ def _print_summary(report: dict) -> None:
     if not models:
         return
     lengths = sorted({p["length"] for m in models for p in m["perplexity"]["lengths"]})
-    table = Table(title="held-out perplexity (same final tokens at every length)")
+    groups = windows_groups(models)
+    windows = sorted({m["perplexity"]["windows"] for m in models})
+    data = report.get("data") or {}
+    title = (f"held-out perplexity, {data.get('origin', 'held-out data')}: the same final tokens at every length, "
+             f"{'/'.join(map(str, windows))} windows")
+    table = Table()  # the title as a line of its own: rich wraps a table's title to the table's width
     table.add_column("model")
+    if groups:
+        table.add_column("windows")
     for n in lengths:
         table.add_column(f"@{n}", justify="right")
     table.add_column("misalign SCE (last)", justify="right")
     for m in models:
         by_len = {p["length"]: p["ppl"] for p in m["perplexity"]["lengths"]}
         mis = (m.get("misalignment") or {}).get("last")
-        table.add_row(m["name"], *[f"{by_len[n]:.4g}" if n in by_len else "–" for n in lengths],
+        table.add_row(m["name"], *([groups[m["name"]]] if groups else []),
+                      *[f"{by_len[n]:.4g}" if n in by_len else "–" for n in lengths],
                       f"{mis['sce']['mean']:.3f}" if mis else "–")
-    Console().print(table)
+    out = console()
+    out.print(title)
+    out.print(table)
+    if groups:
+        out.print("windows: rows with different letters read different token windows (another tokenizer or data); "
+                  "their perplexities are not comparable and are not paired")

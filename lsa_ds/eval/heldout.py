@@ -29,6 +29,7 @@ from lsa_ds.data.sources import iter_records
 from lsa_ds.data.tokenizer import Tokenizer
 from lsa_ds.data.windows import BlendedWindows, SourceWindows
 from lsa_ds.errors import UserError
+from lsa_ds.eval.data_choice import DataChoice
 from lsa_ds.recipe import Recipe
 from lsa_ds.recipe.schema import DataConfig
 
@@ -138,10 +139,11 @@ def text_windows(data: DataConfig, tok: Tokenizer, window: int, count: int, batc
 
 class HeldOut:
     """Windows for one target, cached by (data, tokenizer, window, count): compared models that
-    share a tokenizer and data read exactly the same windows, computed once."""
+    share a tokenizer read exactly the same windows, computed once. Which data every target reads
+    is `lsa_ds.eval.data_choice`'s choice."""
 
-    def __init__(self, data_override: DataConfig | None, source: str | None = None):
-        self.data_override, self.source_name = data_override, source
+    def __init__(self, choice: DataChoice, source: str | None = None):
+        self.choice, self.source_name = choice, source
         self._cache: dict[tuple, np.ndarray] = {}
         self._token_caches: dict[str, object] = {}  # opening one fingerprints every source file
 
@@ -152,19 +154,24 @@ class HeldOut:
         cache = self._token_caches[key]
         spm_file = target.hf_dir / "tokenizer.model"
         if cache.tokenizer.kind == "sentencepiece" and spm_file.is_file():
-            if hashlib.sha256(spm_file.read_bytes()).hexdigest()[:16] != cache.tokenizer.fingerprint:
+            if hashlib.sha256(spm_file.read_bytes()).hexdigest()[:16] != cache.tokenizer.file_digest:
                 raise UserError(f"{target.run_dir}: hf/tokenizer.model is not the tokenizer of the run's token cache "
                                 f"({cache.tokenizer.path}); held-out tokens would be read with the wrong vocabulary")
         return cache
 
+    def _from_cache(self, target) -> bool:
+        return target.name in self.choice.from_cache
+
     def check(self, target) -> None:
-        """Fail early (before any model is loaded) when a run's token cache is missing."""
-        if target.recipe is not None and self.data_override is None:
+        """Fail early (before any model is loaded): a run's missing token cache, an unknown --source."""
+        self._only(self.choice.data)
+        if self._from_cache(target):
             self._token_cache(target)
 
     def windows(self, target, window: int, count: int) -> np.ndarray:
-        use_run = target.recipe is not None and self.data_override is None
-        data = self._only(target.recipe.data if use_run else self._folder_data(target))
+        """[<= count, window] held-out windows for `target` (fewer when the split is that short)."""
+        use_run = self._from_cache(target)
+        data = self._only(self.choice.data)
         # a run's windows depend on its cache only (its own tokenizer was checked against it)
         key = (data.model_dump_json(), "cache" if use_run else target.tokenizer.fingerprint, window, count)
         if key not in self._cache:
@@ -182,21 +189,16 @@ class HeldOut:
             return data
         chosen = [s for s in data.sources if s.name == self.source_name]
         if not chosen:
-            raise UserError(f"--source {self.source_name}: no such source (have: {', '.join(s.name for s in data.sources)})")
+            raise UserError(f"--source {self.source_name}: no such source in the held-out data of "
+                            f"{self.choice.origin} (have: {', '.join(s.name for s in data.sources)})")
         out = data.model_copy(deep=True)
         out.sources = chosen
         return out
 
-    def _folder_data(self, target) -> DataConfig:
-        return self.data_override or getattr(target, "data", None) or DataConfig()
-
     def source(self, target) -> str:
         """Where a target's held-out text comes from, for the report (one sentence)."""
         only = f", source {self.source_name} only" if self.source_name else ""
-        if target.recipe is not None and self.data_override is None:
+        if self._from_cache(target):
             return f"the run's token cache (eval split of its recipe's sources{only})"
-        data = self._only(self._folder_data(target))
-        names = ", ".join(f"{s.name} ({s.type})" for s in data.sources)
-        why = ("--data" if self.data_override else "recorded by its export (lsa_data.json)" if getattr(target, "data", None)
-               else "the builtin default")
-        return f"eval split of {names} ({why}), tokenized with the model's tokenizer"
+        names = ", ".join(f"{s.name} ({s.type})" for s in self._only(self.choice.data).sources)
+        return f"eval split of {names} ({self.choice.origin}), tokenized with the model's tokenizer"

@@ -149,22 +149,39 @@ def correlate(models: list[dict], n_boot: int = 2000, seed: int = 0, groups: dic
 
 
 # ----------------------------------------------------------------------------------- markdown
-def _perplexity_md(models: list[dict]) -> list[str]:
+def windows_groups(models: list[dict]) -> dict[str, str]:
+    """{model name: letter} of the perplexity windows each read (A = the first model's), or {}
+    when all read the very same windows: rows with different letters must not be read as one
+    column."""
+    shas = [(m["name"], m["perplexity"].get("windows_sha")) for m in models if m.get("perplexity")]
+    order = list(dict.fromkeys(sha for _, sha in shas))
+    return {} if len(order) <= 1 else {name: "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[order.index(sha) % 26] for name, sha in shas}
+
+
+def _perplexity_md(models: list[dict], data: dict | None = None) -> list[str]:
     rows = [m for m in models if m.get("perplexity")]
     if not rows:
         return []
     lengths = sorted({p["length"] for m in rows for p in m["perplexity"]["lengths"]})
     first = rows[0]["perplexity"]
+    groups = windows_groups(rows)
+    counts = sorted({m["perplexity"]["windows"] for m in rows})
+    windows = (f"{counts[0]} windows" if len(counts) == 1
+               else "windows (" + ", ".join(f"{m['name']} {m['perplexity']['windows']}" for m in rows) + ")")
     body = []
     for m in rows:
         by_len = {p["length"]: p for p in m["perplexity"]["lengths"]}
         cells = [f"{by_len[n]['ppl']:.2f} [{by_len[n]['ppl_ci'][0]:.2f}, {by_len[n]['ppl_ci'][1]:.2f}]"
                  if n in by_len else "–" for n in lengths]
-        body.append([m["name"], str(m["train_len"]), *cells])
+        body.append([m["name"], *([groups[m["name"]]] if groups else []), str(m["train_len"]), *cells])
+    origin = f" of {data['origin']}" if data and data.get("origin") else ""
+    marked = (" Windows: rows with different letters read different token windows (another tokenizer or data); "
+              "their perplexities are per token of their own windows, not one column, and they are not paired."
+              if groups else "")
     return ["## Perplexity versus context length", "",
-            f"Held-out perplexity on the same final {first['score_tokens']} tokens of {first['windows']} windows at "
-            "every length (95% interval over windows). L is each model's training length.", "",
-            *markdown_table(["model", "L", *[f"{n}" for n in lengths]], body)]
+            f"Held-out perplexity{origin} on the same final {first['score_tokens']} tokens of {windows} at "
+            f"every length (95% interval over windows). L is each model's training length.{marked}", "",
+            *markdown_table(["model", *(["windows"] if groups else []), "L", *[f"{n}" for n in lengths]], body)]
 
 
 def _misalignment_md(models: list[dict]) -> list[str]:
@@ -272,8 +289,10 @@ def paired_against(models: list[dict], baseline: str | None = None) -> dict:
     for m in models:
         if m is base:
             continue
-        rows = []
+        rows, why = [], []
         bp, mp = base.get("perplexity") or {}, m.get("perplexity") or {}
+        if bp and mp and bp.get("windows_sha") != mp.get("windows_sha"):
+            why.append(_other_windows("perplexity", m, base))
         if bp and mp and bp.get("windows_sha") == mp.get("windows_sha"):
             b_len = {p["length"]: p for p in bp["lengths"]}
             for p in mp["lengths"]:
@@ -282,6 +301,8 @@ def paired_against(models: list[dict], baseline: str | None = None) -> dict:
                                  **paired(p["per_window"], b_len[p["length"]]["per_window"]).to_dict()})
         for variant, r in (m.get("misalignment") or {}).items():
             b = (base.get("misalignment") or {}).get(variant)
+            if b and b.get("windows_sha") != r.get("windows_sha"):
+                why.append(_other_windows(f"misalignment ({variant})", m, base))
             if b and b.get("windows_sha") == r.get("windows_sha") and r.get("per_sample"):
                 for kind in ("skl", "sce"):
                     rows.append({"metric": f"misalign {kind.upper()} ({variant})",
@@ -289,21 +310,33 @@ def paired_against(models: list[dict], baseline: str | None = None) -> dict:
                 # entropy of the predictions, sample by sample: SCE = 2·entropy + SKL
                 ent = [[(s - k) / 2 for s, k in zip(x["per_sample"]["sce"], x["per_sample"]["skl"])] for x in (r, b)]
                 rows.append({"metric": f"entropy ({variant})", **paired(*ent).to_dict()})
-        out["models"].append({"name": m["name"], "rows": rows})
+        out["models"].append({"name": m["name"], "rows": rows, "not_paired": why})
     return out
 
 
+def _other_windows(metric: str, m: dict, base: dict) -> str:
+    """Why a metric of `m` is not paired with the baseline's, in one phrase."""
+    tok_m, tok_b = (x.get("tokenizer", {}).get("fingerprint") for x in (m, base))
+    why = (f"another tokenizer (fingerprint {tok_m} vs {tok_b})" if tok_m != tok_b
+           else "another training length" if metric.startswith("misalignment") and m.get("train_len") != base.get("train_len")
+           else "other held-out data")
+    return f"{metric}: read other windows than {base['name']} ({why})"
+
+
 def _paired_md(paired: dict | None) -> list[str]:
-    if not paired or not any(m["rows"] for m in paired["models"]):
+    if not paired or not any(m["rows"] or m.get("not_paired") for m in paired["models"]):
         return []
     body = [[m["name"], r["metric"], f"{r['diff']['mean']:+.4f} [{r['diff']['lo']:+.4f}, {r['diff']['hi']:+.4f}]",
              f"{r['better']} / {r['worse']}", f"{r['p_sign']:.3g}"] for m in paired["models"] for r in m["rows"]]
+    unpaired = [f"- not paired: {m['name']}, {w}" for m in paired["models"] for w in m.get("not_paired", [])]
     return [f"## Paired differences against {paired['baseline']}", "",
             "Model minus baseline over the same held-out windows (loss) or samples (misalignment): mean difference "
             "with its 95% interval over windows/samples, how many were lower / higher than the baseline's, and the "
             "two-sided sign-test p-value. Negative is lower loss, less misalignment or sharper predictions (entropy). Only models that read the "
             "very same windows are paired (a model with another training length reads other misalignment windows).",
-            "", *markdown_table(["model", "metric", "difference", "lower / higher", "p (sign test)"], body)]
+            "", *(markdown_table(["model", "metric", "difference", "lower / higher", "p (sign test)"], body) if body
+                  else ["No model read the baseline's windows: nothing is paired.", ""]),
+            *unpaired, *([""] if unpaired else [])]
 
 
 def render_markdown(report: dict) -> str:
@@ -313,7 +346,9 @@ def render_markdown(report: dict) -> str:
                             [[m["name"], m["kind"], str(m["train_len"]), number(m.get("train_loss"), ".4f"),
                               m.get("heldout", "–")] for m in models])
     lines += [f"Final train loss: {FINAL_LOSS_NOTE} (one step is one noisy batch).", ""]
-    lines += _perplexity_md(models) + _misalignment_md(models) + _passkey_md(models)
+    if (report.get("data") or {}).get("notice"):
+        lines += [f"**Held-out data:** {report['data']['notice']}.", ""]
+    lines += _perplexity_md(models, report.get("data")) + _misalignment_md(models) + _passkey_md(models)
     lines += _benchmark_md(models, "longbench", "LongBench") + _benchmark_md(models, "babilong", "BABILong")
     lines += _paired_md(report.get("paired")) + correlation_md(report.get("correlation"))
     if report.get("plots"):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from lsa_ds.cli_help import console as cli_console
 from lsa_ds.synthetic import tasks as task_defs
 from lsa_ds.synthetic.train import RunResult, StudySettings
 
@@ -143,7 +142,7 @@ def print_rich(rows: list[Row], ratios: list[RatioRow], settings: StudySettings)
         style = "dim" if row.pe == "—" else None
         table.add_row(row.task, row.pe, *(c.text() for c in row.buckets), row.at_max_len.text(), style=style)
     # Off a terminal rich assumes 80 columns and wraps every cell; a log file can take the full row.
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = cli_console()
     console.print(table)
     for r in ratios:
         n = settings.test_max_len

@@ -53,12 +53,27 @@ def write_hf_folder(model, state_dict: dict[str, torch.Tensor], tok: Tokenizer, 
     os.replace(tmp, out)
 
 
+LOADER_KEYS = ("local_files_only", "cache_dir", "token", "use_auth_token", "_commit_hash", "revision",
+               "trust_remote_code", "force_download")
+"""from_pretrained arguments a tokenizer keeps in init_kwargs and save_pretrained writes back: they
+say how this machine loaded it, not what the tokenizer is, and would follow the folder elsewhere."""
+
+
+def _drop_local_keys(config: Path) -> None:
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+        kept = {k: v for k, v in cfg.items() if k not in LOADER_KEYS}
+        if kept != cfg:
+            config.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
+
+
 def write_tokenizer_and_data(tok: Tokenizer, folder: Path, max_length: int, data=None) -> None:
     """The tokenizer files every export carries (HF's, the original SentencePiece model, our
     framing) and the run's data config."""
     hf_tok = to_hf_tokenizer(tok)
     hf_tok.model_max_length = max_length
     hf_tok.save_pretrained(folder)
+    _drop_local_keys(folder / "tokenizer_config.json")
     if tok.kind == "sentencepiece":
         shutil.copy(tok.path, folder / "tokenizer.model")  # the original, for tools that want SentencePiece
     (folder / "lsa_tokenizer.json").write_text(json.dumps(tok.describe(), indent=2))

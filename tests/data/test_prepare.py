@@ -116,10 +116,12 @@ def _run_cli(capsys, *args):
     return code, err
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "malformed", "no_field", "tiny_vocab", "bad_key"])
+@pytest.mark.parametrize("case", ["missing", "empty", "empty_share", "malformed", "no_field", "tiny_vocab", "bad_key"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
     f = tmp_path / "d.jsonl"
-    lines = {"missing": None, "empty": ["", ""], "malformed": ['{"text": "ok"}', "{nope", "{nope"] * 3,
+    # empty_share: 2 empty texts in 12 records: empty ones count toward max_skip_fraction (0.01), as documented
+    lines = {"missing": None, "empty": ["", ""], "empty_share": ['{"text": "x = 1"}'] * 10 + ['{"text": " "}'] * 2,
+             "malformed": ['{"text": "ok"}', "{nope", "{nope"] * 3,
              "no_field": ['{"body": "x"}'] * 4, "tiny_vocab": ['{"text": "short text"}'] * 3,
              "bad_key": ['{"text": "x"}']}[case]
     if lines is not None:
@@ -130,7 +132,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
                    f"  tokenizer: {{vocab_size: {260 if case == 'tiny_vocab' else 300}, train_chars: 10000}}\n")
     code, err = _run_cli(capsys, "prepare", str(cfg), "--quiet")
     assert code == 2 and "\n" not in err and "Traceback" not in err
-    expect = {"missing": "matches no files", "empty": "no documents", "malformed": "records malformed",
+    expect = {"missing": "matches no files", "empty": "no documents", "malformed": "records skipped (malformed",
+              "empty_share": "2 of 12 records skipped",
               "no_field": "missing field 'text'", "tiny_vocab": "vocab_size=260", "bad_key": "unknown key 'data.bogus'"}[case]
     assert expect in err, err
     assert not list((tmp_path / "c").glob(f"tokens-*/{MANIFEST}")) if (tmp_path / "c").exists() else True
