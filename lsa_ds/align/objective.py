@@ -28,6 +28,13 @@ LOGGED_PER_PAIR = ("div_sum", "sce_sum", "skl_sum", "gap_sum")
 (whatever the divergence is), and the CE gap (short minus long context)."""
 
 
+def divergence_measured(align: AlignConfig, step: int) -> bool:
+    """Whether step `step` computes the divergence of its pairs: where it applies, and on every step
+    of an alpha-0 arm (both views run anyway, so its training logs misalignment beside the arms it
+    is compared with; with alpha 0 the loss, and so every gradient, is CE alone)."""
+    return divergence_applies(align, step) or (align.enabled and align.alpha == 0)
+
+
 def divergence_applies(align: AlignConfig, step: int) -> bool:
     """Whether optimizer step `step` (1-based) adds the divergence: alignment on, alpha > 0 and
     `align.every` dividing the step. On other steps the pairs are dropped and the step is exactly
@@ -47,7 +54,7 @@ def micro_step_loss(sums: dict[str, torch.Tensor], alpha: float, tokens: float, 
     plus alpha times its divergence sum over the step's global pair count (when the micro-batch
     has pairs and the step has any), both times `scale` (`loss_scale`)."""
     loss = sums["ce_sum"] * (scale / max(tokens, 1.0))
-    if with_pairs and pairs > 0:
+    if with_pairs and pairs > 0 and alpha:  # alpha 0 measures the divergence without backpropagating it
         loss = loss + alpha * sums["div_sum"] * (scale / pairs)
     return loss
 

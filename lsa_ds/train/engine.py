@@ -184,17 +184,17 @@ class Engine:
         dist.all_reduce(t)
         return t.tolist()
 
-    def train_step(self, micro_batches: list[dict], apply_divergence: bool = True, poison: bool = False) -> StepStats:
+    def train_step(self, micro_batches: list[dict], measure_divergence: bool = True, poison: bool = False) -> StepStats:
         """One optimizer step over this rank's micro-batches (views from `lsa_ds.align.views`).
 
         loss = CE + alpha * mean divergence over aligned pairs, both normalised over the whole step
-        (all micro-batches, all ranks: `lsa_ds.align.objective`). When the divergence is not applied
-        (alpha 0, or a step that `align.every` skips) the pairs are dropped and the step is exactly
-        CE over both views. `poison` makes the loss non-finite on purpose (a test hook for the
+        (all micro-batches, all ranks: `lsa_ds.align.objective`). When the divergence is not measured
+        (a step that `align.every` skips) the pairs are dropped; with alpha 0 it is measured and
+        logged but not backpropagated. Either way such a step is exactly CE over both views. `poison` makes the loss non-finite on purpose (a test hook for the
         numerics guard)."""
         t0 = time.perf_counter()
         alpha = self.recipe.align.alpha
-        if not apply_divergence:
+        if not measure_divergence:
             micro_batches = [{k: v for k, v in mb.items() if k not in ("pair_mask", "shifts")} for mb in micro_batches]
         tokens = sum(int((torch.as_tensor(mb["labels"]) != IGNORE).sum()) for mb in micro_batches)
         pairs = sum(int(torch.as_tensor(mb["pair_mask"]).sum()) for mb in micro_batches if "pair_mask" in mb)

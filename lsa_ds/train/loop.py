@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lsa_ds.align.objective import divergence_applies
+from lsa_ds.align.objective import divergence_applies, divergence_measured
 from lsa_ds.align.views import micro_views
 from lsa_ds.data import TokenCache, build_windows, open_cache
 from lsa_ds.data.windows import WindowLoader
@@ -219,7 +219,8 @@ def run_steps(run: Run, progress: Progress, log: MetricsLog) -> str:
         batch = run.loader.next_step()
         applied = divergence_applies(recipe.align, step)
         stats = run.engine.train_step([micro_views(recipe, ids, w) for ids, w in batch],
-                                      apply_divergence=applied, poison=step in poisoned)
+                                      measure_divergence=divergence_measured(recipe.align, step),
+                                      poison=step in poisoned)
         log.advance()
         log_step(run, progress, stats, train_row(run, step, stats, applied, batch), log)
         every = recipe.eval.every_steps

@@ -118,8 +118,12 @@ def test_alpha_zero_is_ce_on_both_views_and_alpha_lowers_heldout_misalignment(tm
                         ("a01", ["align.alpha=0.1"])]:
         lsa("train", str(recipe), *sets(*common, f"run.name={name}", *extra), "--nproc", "2")
     a0, never, a01 = (metrics(tmp_path / n) for n in ("a0", "never", "a01"))
-    assert [r["loss"] for r in a0[0]] == [r["loss"] for r in never[0]]  # bit-identical: CE on both views
-    assert all(r["misalign"] is None for r in a0[0])
+    # CE on both views: the same objective; alpha 0 computes its CE in the pair-aligned chunks, so
+    # the sums agree to float rounding at the first step, and drift by no more than rounding grows
+    assert a0[0][0]["loss"] == pytest.approx(never[0][0]["loss"], rel=1e-6)
+    assert [r["loss"] for r in a0[0]] == pytest.approx([r["loss"] for r in never[0]], rel=1e-3)
+    # alpha 0 runs both views anyway: it logs their misalignment without training on it
+    assert all(not r["divergence_applied"] and r["misalign"] > 0 for r in a0[0])
     # a step the divergence skips says so, rather than leaving blanks unexplained
     assert [r["divergence_applied"] for r in never[0]] == [False] * len(never[0])
     assert all(r["divergence_applied"] and r["misalign"] > 0 and r["misalign_skl"] >= 0 for r in a01[0])
