@@ -20,7 +20,7 @@ after a position never changes it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -53,13 +53,20 @@ class Misalignment:
     def entropy(self) -> MeanCI:
         """Mean entropy of the two views' predictions: SCE = H(p) + H(q) + symmetric KL exactly,
         so (SCE - SKL) / 2 per sample. Shows whether SCE moved by sharpening, not aligning."""
-        return mean_ci([(s - k) / 2 for s, k in self.per_sample])
+        return nonnegative_ci([(s - k) / 2 for s, k in self.per_sample])
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "seq_len": self.seq_len, "samples": self.sce.n, "seed": self.seed,
                 "interval": "95% normal approximation over samples",
                 "sce": self.sce.to_dict(), "skl": self.skl.to_dict(), "entropy": self.entropy.to_dict(),
                 "per_sample": {"sce": [v[0] for v in self.per_sample], "skl": [v[1] for v in self.per_sample]}}
+
+
+def nonnegative_ci(values) -> MeanCI:
+    """`mean_ci` of a quantity that cannot be negative (SCE, symmetric KL, entropy): the normal
+    interval's lower end is cut at 0, where it would otherwise claim values the quantity never has."""
+    ci = mean_ci(values)
+    return replace(ci, lo=max(0.0, ci.lo))
 
 
 def divergences(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,5 +183,5 @@ def measure_misalignment(logits_fn: LogitsFn, windows: np.ndarray, seq_len: int,
             bar.close()
     per_sample = gather(local, world)
     values = [per_sample[i] for i in sorted(per_sample)]
-    return Misalignment(variant, L, mean_ci([v[0] for v in values]), mean_ci([v[1] for v in values]), seed,
+    return Misalignment(variant, L, nonnegative_ci([v[0] for v in values]), nonnegative_ci([v[1] for v in values]), seed,
                         tuple(values))

@@ -19,26 +19,67 @@ def _save(fig, path: Path, rect=None) -> Path:
     return path
 
 
-def perplexity_plot(models: list[dict], path: Path) -> Path | None:
+MARKERS = "os^Dv<>phX"
+LINES = ("-", "--", "-.", ":")
+
+
+def _dodge(i: int, n: int) -> float:
+    """A factor that moves model i's points sideways on a log2 axis, so equal values stay visible."""
+    return 2 ** (0.04 * (i - (n - 1) / 2))
+
+
+def perplexity_plot(models: list[dict], path: Path, data: str | None = None) -> Path | None:
     """Perplexity versus context length, one line per model with 95% error bars; a dotted line
-    marks each model's training length."""
+    marks each model's training length. Each model has its own marker and dash and is moved a
+    little sideways, so a line lying on another stays visible."""
     rows = [m for m in models if m.get("perplexity")]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, m in enumerate(rows):
         pts = m["perplexity"]["lengths"]
-        x = [p["length"] for p in pts]
+        x = np.array([p["length"] for p in pts]) * _dodge(i, len(rows))
         y = np.array([p["ppl"] for p in pts])
         err = np.array([[p["ppl"] - p["ppl_ci"][0] for p in pts], [p["ppl_ci"][1] - p["ppl"] for p in pts]])
         color = f"C{i % 10}"
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=color, label=f"{m['name']} (L={m['train_len']})")
+        ax.errorbar(x, y, yerr=err, marker=MARKERS[i % len(MARKERS)], linestyle=LINES[i % len(LINES)], capsize=3,
+                    color=color, markerfacecolor="none", label=f"{m['name']} (L={m['train_len']})")
         ax.axvline(m["train_len"], color=color, linestyle=":", alpha=0.6)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("perplexity (same final tokens)")
-    ax.set_title("held-out perplexity versus context length")
+    ax.set_title("held-out perplexity versus context length" + (f"\n{data}" if data else ""), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def difference_plot(paired: dict | None, path: Path, data: str | None = None) -> Path | None:
+    """Each model's held-out loss minus the baseline's, window by window, versus context length
+    (mean and 95% interval, nats per token, linear axis): differences of a few hundredths of a nat
+    that a log-perplexity axis hides."""
+    lines = []
+    for m in (paired or {}).get("models", []):
+        pts = sorted((int(r["metric"].removeprefix("loss@")), r["diff"]) for r in m["rows"]
+                     if r["metric"].startswith("loss@"))
+        if pts:
+            lines.append((m["name"], pts))
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.axhline(0, color="black", linewidth=1, label=f"{paired['baseline']} (baseline)")
+    for i, (name, pts) in enumerate(lines):
+        x = np.array([n for n, _ in pts]) * _dodge(i, len(lines))
+        mean = np.array([d["mean"] for _, d in pts])
+        err = np.array([[d["mean"] - d["lo"] for _, d in pts], [d["hi"] - d["mean"] for _, d in pts]])
+        ax.errorbar(x, mean, yerr=err, marker=MARKERS[(i + 1) % len(MARKERS)], linestyle=LINES[(i + 1) % len(LINES)],
+                    capsize=3, color=f"C{(i + 1) % 10}", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(f"loss − {paired['baseline']}'s (nats/token)")
+    ax.set_title("held-out loss difference from the baseline, same windows (mean, 95% interval)"
+                 + (f"\n{data}" if data else ""), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -69,7 +110,7 @@ def passkey_plot(models: list[dict], path: Path) -> Path | None:
     return path
 
 
-def misalignment_plot(models: list[dict], path: Path) -> Path | None:
+def misalignment_plot(models: list[dict], path: Path, data: str | None = None) -> Path | None:
     """Mean SCE and symmetric KL with 95% intervals per model; one row of panels per variant.
     Points, not bars: SCE sits near twice the entropy, and a bar from 0 would hide the differences."""
     rows = [m for m in models if m.get("misalignment")]
@@ -90,7 +131,7 @@ def misalignment_plot(models: list[dict], path: Path) -> Path | None:
             ax.set_xlim(-0.5, len(rows) - 0.5)
             ax.set_title(f"{label}, {variant} position{'s' if variant == 'overlap' else ''}", fontsize=10)
             ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("long-short misalignment (mean, 95% interval)")
+    fig.suptitle("long-short misalignment (mean, 95% interval)" + (f", {data}" if data else ""), fontsize=10)
     return _save(fig, path)
 
 

@@ -197,7 +197,7 @@ def _misalignment_md(models: list[dict]) -> list[str]:
     return ["## Long-short misalignment", "",
             "last: two different context lengths l1 != l2 in [L/2, L] ending at the same token, divergence at that position; overlap: "
             "context of L tokens versus the same cut by E ~ U[1, L/2], averaged over shared positions. "
-            "Mean over samples with a 95% normal interval. SCE includes both entropies (2 × entropy for identical "
+            "Mean over samples with a 95% normal interval (its lower end cut at 0: none of these can be negative). SCE includes both entropies (2 × entropy for identical "
             "distributions); symmetric KL is 0 for identical ones; entropy is the mean entropy of the two views' "
             "predictions, (SCE − symmetric KL) / 2 exactly, so a lower SCE from sharper predictions shows here.", "",
             *markdown_table(["model", "L", "variant", "SCE", "symmetric KL", "entropy", "samples"], body)]
@@ -371,9 +371,12 @@ def write_report(report: dict, out_dir: Path) -> Path:
     """Write the plots, report.json and report.md into out_dir; returns report.md's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     models = report["models"]
-    made = [plots.perplexity_plot(models, out_dir / "perplexity_vs_length.png"),
+    data = (report.get("data") or {}).get("origin")
+    data = f"held-out data: {data}" if data else None  # every figure names the data it shows
+    made = [plots.perplexity_plot(models, out_dir / "perplexity_vs_length.png", data),
+            plots.difference_plot(report.get("paired"), out_dir / "loss_difference_vs_length.png", data),
             plots.passkey_plot(models, out_dir / "passkey.png"),
-            plots.misalignment_plot(models, out_dir / "misalignment.png")]
+            plots.misalignment_plot(models, out_dir / "misalignment.png", data)]
     if report.get("correlation") and "table" in report["correlation"]:
         made.append(plots.correlation_plot(report["correlation"], out_dir / "correlation.png"))
     report["plots"] = [p.name for p in made if p is not None]

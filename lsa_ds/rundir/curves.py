@@ -14,7 +14,7 @@ import numpy as np
 from lsa_ds.rundir.metrics import length_keys, read_rows
 
 FINAL_LOSS_FRACTION = 0.1
-FINAL_LOSS_NOTE = "mean of the last 10% of logged steps"
+FINAL_LOSS_NOTE = "next-token CE, mean of the last 10% of logged steps"
 
 
 def train_rows(rows: list[dict]) -> list[dict]:
@@ -23,8 +23,10 @@ def train_rows(rows: list[dict]) -> list[dict]:
 
 
 def final_train_loss(rows: list[dict]) -> float | None:
-    """Smoothed final training loss: the mean over the last tenth of the logged steps (at least one)."""
-    losses = [float(r["loss"]) for r in train_rows(rows)]
+    """Smoothed final training loss: the mean next-token CE over the last tenth of the logged steps
+    (at least one). CE, not the objective: an alignment arm's loss adds alpha × divergence, and
+    models are compared on what they all minimise (rows without `ce` give their `loss`)."""
+    losses = [float(r["ce"] if isinstance(r.get("ce"), (int, float)) else r["loss"]) for r in train_rows(rows)]
     if not losses:
         return None
     n = max(1, round(len(losses) * FINAL_LOSS_FRACTION))

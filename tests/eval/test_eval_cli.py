@@ -68,7 +68,8 @@ def test_compare_puts_models_side_by_side_and_correlates_four(runs_dir, tmp_path
     runs = [runs_dir / n for n in ("run-a", "run-b", "run-c", "run-d")]
     assert _lsa_eval("--compare", *runs, "--out", out, *FAST, "--tasks", "ppl,misalign",
                      "--misalign-variants", "last") == 0
-    report = _check_outputs(out, {"perplexity_vs_length.png", "misalignment.png", "correlation.png"})
+    report = _check_outputs(out, {"perplexity_vs_length.png", "loss_difference_vs_length.png", "misalignment.png",
+                                  "correlation.png"})
     assert [m["name"] for m in report["models"]] == ["run-a", "run-b", "run-c", "run-d"]
     corr = report["correlation"]
     assert corr["length"] == 128

@@ -138,3 +138,11 @@ def test_shard_gives_every_rank_the_same_number_of_slots():
     assert [len(s) for s in slots] == [3, 3, 3]
     assert sorted(i for s in slots for i in s if i is not None) == list(range(7))
     assert slots[1][-1] is None and slots[2][-1] is None
+
+
+def test_intervals_of_divergences_stay_at_or_above_zero():
+    from lsa_ds.eval.misalignment import nonnegative_ci
+
+    ci = nonnegative_ci([0.0, 0.0, 0.0, 0.0, 0.004])  # a normal interval would reach below 0
+    assert ci.lo == 0.0 and ci.mean == pytest.approx(0.0008) and ci.hi > ci.mean
+    assert nonnegative_ci([1.0, 1.1, 0.9]).lo > 0.8  # far from 0: the interval is left as it is
