@@ -23,10 +23,12 @@ from lsa_ds.cli_help import command_parser
 from lsa_ds.cli_help import console as cli_console
 from lsa_ds.errors import UserError
 from lsa_ds.eval import cli as eval_cli
+from lsa_ds.eval.perplexity import default_score_tokens
 from lsa_ds.recipe import load_recipe, recipe_changes
 from lsa_ds.recipe.shipped import DEMO_BASE, RECIPES
 from lsa_ds.rundir.metrics import length_keys, read_rows, source_losses
 from lsa_ds.train import cli as train_cli
+from lsa_ds.train.evaluation import eval_lengths
 
 COMMITTED_BASE = DEMO_BASE
 """Stage 1 as `lsa demo --from-scratch` trains it (recipes/tiny-cpu.yaml; its log and curves
@@ -173,6 +175,37 @@ def verdicts(rows: dict[str, dict], vocab: int, long_range: str, natural: str = 
     return out
 
 
+def in_training_windows(run_dir: Path) -> str:
+    """Which windows a run's in-training evaluation read, in words (its numbers differ from a
+    report that reads longer windows)."""
+    recipe = load_recipe(run_dir / "config.yaml")
+    lengths = eval_lengths(recipe)
+    return (f"{recipe.eval.windows} held-out windows of {max(lengths) + 1} tokens, the final "
+            f"{default_score_tokens(lengths)} tokens scored")
+
+
+def paired_lines(report_json: Path, long_range: str) -> list[str]:
+    """Verdict lines read from a report's own paired table, one per model against the baseline (loss at its longest
+    length and symmetric KL, with their intervals), so the report's verdict equals its table."""
+    report = json.loads(report_json.read_text())
+    out = []
+    for m in (report.get("paired") or {}).get("models", []):
+        rows = {r["metric"]: r for r in m["rows"]}
+        losses = sorted((int(k.removeprefix("loss@")), r) for k, r in rows.items() if k.startswith("loss@"))
+        skl = rows.get("misalign SKL (last)")
+        if not losses:
+            continue
+        n, r = losses[-1]
+        d = r["diff"]
+        text = (f"{m['name']} minus {report['paired']['baseline']} (the paired table above, {long_range}): loss @{n} "
+                f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] over {r['better'] + r['worse']} windows")
+        if skl:
+            s = skl["diff"]
+            text += f"; symmetric KL (last) {s['mean']:+.4f} [{s['lo']:+.4f}, {s['hi']:+.4f}]"
+        out.append(f"- **NOTE** {text}")
+    return out
+
+
 def summarise(stages: list[tuple[str, Path, int]], long_range: str = "all", natural: str = "all",
               ) -> tuple[bool, list[str]]:
     """Print held-out loss (per held-out data) and misalignment per model, from the last
@@ -181,8 +214,10 @@ def summarise(stages: list[tuple[str, Path, int]], long_range: str = "all", natu
     console = cli_console()
     rows = {stage: last_eval(run_dir) for stage, run_dir, _ in stages}
     lengths = sorted(curves(rows["base"])["all"])
-    table = Table(title="held-out loss of the same final tokens by context length (each run's own held-out data: "
-                        "natural text is the same for all, repeated spans follow each stage's length)")
+    console.print("held-out loss of the same final tokens by context length, from each run's last in-training "
+                  f"evaluation ({in_training_windows(stages[-1][1])}; each run's own held-out data: natural text is "
+                  "the same for all, repeated spans follow each stage's length)")
+    table = Table()
     table.add_column("model")
     table.add_column("held-out data")
     for n in lengths:
@@ -215,7 +250,7 @@ def held_out_names(stage: Stage, overrides: list[str]) -> tuple[str, str]:
 
 
 def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int, data: Path, source: str | None = None,
-            tasks: str = "ppl,misalign,passkey") -> None:
+            tasks: str = "ppl,misalign,passkey,niah") -> None:
     """`lsa eval --compare` of the stages on one held-out set (`data`: stage 2's recipe, so base and
     extended models read the same windows; `source`: only that source's held-out text):
     perplexity vs length, passkey, misalignment, paired differences, one report. Light settings so
@@ -256,9 +291,11 @@ def main(argv: list[str]) -> int:
         beside = f" The same models on natural text (`{natural}`): {natural}/report.md." if natural != "all" else ""
         report.write_text(f"Held-out data of this report: `{long_range}` (the mixture's held-out part, which "
                           f"rewards long-range use).{beside}\n\n" + report.read_text()
-                          + "\n## The demo's verdict\n\nFrom each run's last in-training "
-                          "evaluation, on its own recipe's held-out data (measured as `lsa eval` measures; natural "
-                          "text, the same for every run, and the repeated-span mixture apart).\n\n"
-                          + "\n".join(lines) + "\n")
+                          + "\n## The demo's verdict\n\nFirst from this report's paired table (the windows of "
+                          "the tables above). Then the console's lines, from each run's last in-training evaluation "
+                          f"({in_training_windows(stages[-1][1])}, on its own recipe's held-out data; natural text, "
+                          "the same for every run, and the repeated-span mixture apart): other windows than the "
+                          "tables above, so their numbers differ from the table's by the choice of windows.\n\n"
+                          + "\n".join(paired_lines(out / "report.json", long_range) + lines) + "\n")
         cli_console().print(f"evaluation report: {report} (plots beside it; natural text in {out / natural})")
     return 0 if ok else 1

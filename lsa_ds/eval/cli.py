@@ -38,7 +38,7 @@ from lsa_ds.eval.report import correlate, paired_against, windows_groups, write_
 from lsa_ds.eval.targets import load_model, pick_dtype, resolve
 from lsa_ds.recipe import load_recipe
 
-TASKS = ("ppl", "misalign", "passkey", "longbench", "babilong")
+TASKS = ("ppl", "misalign", "passkey", "niah", "longbench", "babilong")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("misalignment")
     g.add_argument("--misalign-samples", type=int, default=64, help="samples (held-out windows) per variant")
     g.add_argument("--misalign-variants", default="last,overlap", help="last and/or overlap")
-    g = p.add_argument_group("passkey")
+    g = p.add_argument_group("passkey, and niah (the same grid with held-out text as the haystack)")
     g.add_argument("--passkey-lengths", help="prompt lengths in tokens (overrides --passkey-multipliers)")
     g.add_argument("--passkey-multipliers", default="0.5,1,2,4", help="prompt lengths as multiples of each model's L")
     g.add_argument("--passkey-depths", default="0,0.25,0.5,0.75,1",
@@ -221,11 +221,15 @@ def evaluate_target(t, plan: Plan, args, heldout) -> dict:
                                        desc=f"{t.name}: misalignment ({v})").to_dict(), "windows_sha": _sha(win)}
             for v in plan.variants}
         lap("misalignment")
-    if "passkey" in plan.tasks:
-        entry["passkey"] = run_passkey(model, t.tokenizer, plan.passkey_lengths, plan.depths, args.passkey_samples,
-                                       args.passkey_new_tokens, args.seed, progress=progress,
-                                       desc=f"{t.name}: passkey").to_dict()
-        lap("passkey")
+    for task in [k for k in ("passkey", "niah") if k in plan.tasks]:
+        haystack = None
+        if task == "niah":  # consecutive held-out windows of the evaluation's data, in this model's tokens
+            rows = heldout.windows(t, t.train_len, -(-max(plan.passkey_lengths) // t.train_len) + 1)
+            haystack = [int(i) for i in np.concatenate(rows)]
+        entry[task] = run_passkey(model, t.tokenizer, plan.passkey_lengths, plan.depths, args.passkey_samples,
+                                  args.passkey_new_tokens, args.seed, progress=progress, desc=f"{t.name}: {task}",
+                                  haystack=haystack).to_dict()
+        lap(task)
     for key, module in (("longbench", longbench), ("babilong", babilong)):
         examples = plan.benchmarks.get(key)
         if key in plan.tasks and examples:

@@ -11,6 +11,11 @@ F = length - (the fixed parts) filler tokens, b = round(depth × F): depth 0 put
 right after the instruction, depth 1 right before the question. The filler is one long token
 stream cut at token granularity. Decoding is greedy; an answer is correct when the key's five
 digits appear in the continuation (whitespace removed).
+
+Needle in a haystack (`lsa eval --tasks niah`) is the same prompt and grid with another filler:
+held-out text of the evaluation's data (`haystack`, token ids of consecutive held-out windows, in
+the model's own tokens) instead of the repeated sentences, so the needle hides in text like the
+text the model was trained on.
 """
 
 from __future__ import annotations
@@ -121,10 +126,16 @@ class PasskeyResult:
 
 def run_passkey(model: torch.nn.Module, tok: Tokenizer, lengths: list[int], depths: list[float], samples: int = 4,
                 new_tokens: int = 8, seed: int = 0, batch_size: int = 8, progress: bool = False,
-                desc: str = "passkey") -> PasskeyResult:
-    """Accuracy over the grid lengths × depths, `samples` keys per cell, greedy decoding."""
+                desc: str = "passkey", haystack: list[int] | None = None) -> PasskeyResult:
+    """Accuracy over the grid lengths × depths, `samples` keys per cell, greedy decoding. With
+    `haystack` (token ids, at least max(lengths) of them) the filler is that text (needle in a
+    haystack) instead of the repeated sentences."""
     fixed = fixed_tokens(tok)
-    filler = filler_tokens(tok, max(0, max(lengths) - fixed))
+    need = max(0, max(lengths) - fixed)
+    if haystack is not None and len(haystack) < need:
+        raise UserError(f"needle in a haystack: {len(haystack)} held-out tokens, fewer than the {need} the longest "
+                        "prompt needs; use shorter --passkey-lengths")
+    filler = list(haystack[:need]) if haystack is not None else filler_tokens(tok, need)
     stop = [tok.eos_id] if tok.eos_id is not None and tok.eos_id >= 0 else []
     acc: list[list[float | None]] = []
     examples: list[dict] = []

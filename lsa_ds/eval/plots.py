@@ -85,14 +85,15 @@ def difference_plot(paired: dict | None, path: Path, data: str | None = None) ->
     return _save(fig, path)
 
 
-def passkey_plot(models: list[dict], path: Path) -> Path | None:
-    """Passkey accuracy heatmaps (depth × length), one panel per model."""
-    rows = [m for m in models if m.get("passkey")]
+def passkey_plot(models: list[dict], path: Path, key: str = "passkey",
+                 title: str = "passkey retrieval accuracy") -> Path | None:
+    """Passkey (or needle-in-a-haystack: key "niah") accuracy heatmaps (depth × length), one panel per model."""
+    rows = [m for m in models if m.get(key)]
     if not rows:
         return None
     fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows) + 1, 3.8), squeeze=False, layout="constrained")
     for i, (ax, m) in enumerate(zip(axes[0], rows)):
-        pk = m["passkey"]
+        pk = m[key]
         grid = np.array([[np.nan if a is None else a for a in row] for row in pk["accuracy"]], dtype=float).T
         im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", origin="lower")
         ax.set_xticks(range(len(pk["lengths"])), [str(n) for n in pk["lengths"]], rotation=45, fontsize=8)
@@ -104,7 +105,7 @@ def passkey_plot(models: list[dict], path: Path) -> Path | None:
             ax.set_ylabel("needle depth")
         ax.set_title(f"{m['name']}", fontsize=10)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
-    fig.suptitle("passkey retrieval accuracy")
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -75,6 +75,7 @@ def _targets(models: list[dict]) -> list[tuple[str, object]]:
         for n in sorted({p["length"] for m in with_ppl for p in m["perplexity"]["lengths"] if p["length"] > floor}):
             out.append((f"loss@{n}", lambda m, n=n: _ln(_ppl_at(m, n))))
     for key, label, value in (("passkey", "passkey accuracy", "accuracy_overall"),
+                              ("niah", "needle-in-a-haystack accuracy", "accuracy_overall"),
                               ("longbench", "LongBench average", "average"), ("babilong", "BABILong average", "average")):
         if any(m.get(key) for m in models):
             out.append((label, lambda m, key=key, value=value: (m.get(key) or {}).get(value)))
@@ -203,18 +204,22 @@ def _misalignment_md(models: list[dict]) -> list[str]:
             *markdown_table(["model", "L", "variant", "SCE", "symmetric KL", "entropy", "samples"], body)]
 
 
-def _passkey_md(models: list[dict]) -> list[str]:
-    rows = [m for m in models if m.get("passkey")]
+NIAH_NOTE = ("The passkey prompt (instruction, needle \"The pass key is K. Remember it. K is the pass key.\", "
+             "question) with held-out text of this report's data as the haystack instead of the repeated sentences.")
+
+
+def _passkey_md(models: list[dict], key: str = "passkey", title: str = "Passkey retrieval", note: str = "") -> list[str]:
+    rows = [m for m in models if m.get(key)]
     if not rows:
         return []
-    lengths = sorted({n for m in rows for n in m["passkey"]["lengths"]})
+    lengths = sorted({n for m in rows for n in m[key]["lengths"]})
     body = []
     for m in rows:
-        pk = m["passkey"]
+        pk = m[key]
         by_len = dict(zip(pk["lengths"], pk["accuracy_by_length"]))
         body.append([m["name"], *[number(by_len.get(n), ".2f") for n in lengths], number(pk["accuracy_overall"], ".2f")])
-    pk0 = rows[0]["passkey"]
-    return ["## Passkey retrieval", "",
+    pk0 = rows[0][key]
+    return [f"## {title}", "", *([note, ""] if note else []),
             f"Accuracy per prompt length (tokens), averaged over depths {', '.join(f'{d:g}' for d in pk0['depths'])}; "
             f"{pk0['samples_per_cell']} keys per cell; – = the length cannot hold the prompt.", "",
             *markdown_table(["model", *[str(n) for n in lengths], "all"], body)]
@@ -349,6 +354,7 @@ def render_markdown(report: dict) -> str:
     if (report.get("data") or {}).get("notice"):
         lines += [f"**Held-out data:** {report['data']['notice']}.", ""]
     lines += _perplexity_md(models, report.get("data")) + _misalignment_md(models) + _passkey_md(models)
+    lines += _passkey_md(models, "niah", "Needle in a haystack", NIAH_NOTE)
     lines += _benchmark_md(models, "longbench", "LongBench") + _benchmark_md(models, "babilong", "BABILong")
     lines += _paired_md(report.get("paired")) + correlation_md(report.get("correlation"))
     if report.get("plots"):
@@ -376,6 +382,7 @@ def write_report(report: dict, out_dir: Path) -> Path:
     made = [plots.perplexity_plot(models, out_dir / "perplexity_vs_length.png", data),
             plots.difference_plot(report.get("paired"), out_dir / "loss_difference_vs_length.png", data),
             plots.passkey_plot(models, out_dir / "passkey.png"),
+            plots.passkey_plot(models, out_dir / "niah.png", "niah", f"needle in a haystack ({data or 'held-out text'})"),
             plots.misalignment_plot(models, out_dir / "misalignment.png", data)]
     if report.get("correlation") and "table" in report["correlation"]:
         made.append(plots.correlation_plot(report["correlation"], out_dir / "correlation.png"))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from lsa_ds import cli
 from lsa_ds.errors import UserError
 from lsa_ds.eval import passkey
 from lsa_ds.eval.passkey import build_prompt, draw_key, fixed_tokens, is_correct, run_passkey
@@ -92,3 +95,25 @@ def test_a_real_model_is_scored_on_its_own_greedy_answers(tiny):
         assert res.accuracy[0][j] == sum(is_correct(a, p.key) for a, p in zip(answers, prompts)) / 2
         first = first or {"length": 300, "depth": d, "key": prompts[0].key, "answer": answers[0]}
     assert res.examples[0] == first
+
+
+def test_needle_in_a_haystack_hides_the_needle_in_held_out_text(model_dir, tmp_path):
+    out = tmp_path / "niah"
+    assert cli.main(["eval", str(model_dir), "--out", str(out), "--tasks", "niah", "--passkey-lengths", "120,300",
+                     "--passkey-depths", "0,0.5,1", "--passkey-samples", "1", "--passkey-new-tokens", "6",
+                     "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (m,) = report["models"]
+    assert "passkey" not in m and m["niah"]["lengths"] == [120, 300] and len(m["niah"]["accuracy"][0]) == 3
+    assert report["plots"] == ["niah.png"] and (out / "niah.png").read_bytes().startswith(b"\x89PNG")
+    assert "## Needle in a haystack" in (out / "report.md").read_text()
+
+
+def test_the_haystack_replaces_the_repeated_filler(tiny):
+    model, tok = tiny
+    haystack = list(range(10, 10 + 400))
+    p = build_prompt(tok, fixed_tokens(tok) + 200, 0.5, "12345", haystack)
+    assert p.filler_before == 100
+    assert p.ids[p.needle_start - p.filler_before:p.needle_start] == haystack[:p.filler_before]
+    with pytest.raises(UserError, match="held-out tokens, fewer than"):
+        run_passkey(model, tok, [fixed_tokens(tok) + 500], [0.5], 1, haystack=haystack)
