@@ -11,6 +11,9 @@ Plain numpy, no scipy (it is not a dependency). Two kinds of mean interval, for 
   n − 1 degrees of freedom, since with so few units 1.96 would make the interval far too narrow
   (n = 3: the t quantile is 4.30). With one seed there is no interval (NaN bounds).
 
+A share of successes over independent trials (a copy completed exactly or not) gets the Wilson
+score interval (`wilson`), which stays inside [0, 1].
+
 Correlations across a handful of models get a percentile bootstrap interval (`bootstrap_ci`): no
 normality assumption, and honest about how wide an r over 4–10 models is.
 """
@@ -84,6 +87,40 @@ def across_seeds(values) -> MeanCI:
     std = float(x.std(ddof=1))
     half = t95(x.size - 1) * std / math.sqrt(x.size)
     return MeanCI(mean, mean - half, mean + half, std, int(x.size))
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """A share of successes (`hits` of `n` independent trials) with its 95% Wilson score interval:
+    unlike `mean_ci` on 0/1 values it stays inside [0, 1] and is not empty at 0 or n hits (then
+    `mean_ci` would claim certainty from a handful of trials). n = 0: NaN value and bounds."""
+
+    value: float
+    lo: float
+    hi: float
+    hits: int
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self, fmt: str = ".2f") -> str:
+        return f"{self.value:{fmt}} [{self.lo:{fmt}}, {self.hi:{fmt}}]"
+
+
+def wilson(hits: int, n: int) -> Proportion:
+    """`hits / n` with the 95% Wilson score interval."""
+    if n < 0 or not 0 <= hits <= max(n, 0):
+        raise ValueError(f"wilson needs 0 <= hits <= n, got hits={hits}, n={n}")
+    if n == 0:
+        return Proportion(math.nan, math.nan, math.nan, 0, 0)
+    p, z2 = hits / n, Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # at 0 (n) hits the lower (upper) bound is exactly 0 (1); rounding would leave it a hair inside
+    lo = 0.0 if hits == 0 else max(0.0, centre - half)
+    hi = 1.0 if hits == n else min(1.0, centre + half)
+    return Proportion(p, lo, hi, int(hits), int(n))
 
 
 # ------------------------------------------------------------------------------ correlation

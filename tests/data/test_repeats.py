@@ -3,12 +3,14 @@ through `lsa prepare`: counted in the summary, held-out split disjoint, vocabula
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from lsa_ds import cli
 from lsa_ds.data import open_cache, prepare
-from lsa_ds.data.repeats import repeat_spans
+from lsa_ds.data.repeats import repeat_layout, repeat_spans
 from lsa_ds.errors import UserError
 from lsa_ds.recipe import load_recipe
 from lsa_ds.recipe.schema import RepeatConfig
@@ -91,6 +93,46 @@ def test_random_spans_from_a_small_alphabet_several_per_segment_stay_exact_copie
     assert spans == 80 and len({t for t in out if 300 <= t < 900}) <= 16 <= len(set(out) & alphabet)
     assert sum(t in alphabet for t in out) >= copied  # every copied token (and its source) is from the alphabet
     assert repeat_spans(ids, "k", cfg, ORDINARY)[0] == out
+
+
+LAYOUT_CONFIGS = [  # (config, sha256[:16] of 30 documents' tokens and counts from repeat_spans before
+    # repeat_layout existed: the tokens existing token caches hold must not change)
+    (dict(segment_tokens=64, span_min=8, span_max=16), "87580d31a488da07"),
+    (dict(segment_tokens=64, span_min=8, span_max=16, content="random"), "3048660127c00ab0"),
+    (dict(segment_tokens=128, span_min=8, span_max=12, per_segment=4, content="random", alphabet=16),
+     "91aa9764c527da43"),
+    (dict(segment_tokens=128, per_segment=2, span_min=16, span_max=32, content="random", alphabet=16),
+     "c7a6176ac49372ae"),
+    (dict(segment_tokens=512, per_segment=8, span_min=16, span_max=32, content="random", alphabet=16),
+     "ba4833bdf7a7c625"),
+    (dict(segment_tokens=256, per_segment=3, span_min=5, span_max=40, seed=7), "235f2e33317c508d"),
+]
+
+
+@pytest.mark.parametrize("config,digest", LAYOUT_CONFIGS)
+def test_layout_keeps_the_tokens_and_labels_every_copy_with_its_source(config, digest):
+    cfg = RepeatConfig(**config)
+    h = hashlib.sha256()
+    for k in range(30):
+        n = int(np.random.default_rng(k).integers(3, 1500))
+        ids = [1, *np.random.default_rng(k).integers(1000, 60000, size=n - 2).tolist(), 2]
+        out, spans, copied = repeat_spans(ids, f"doc/{k}.py", cfg, ORDINARY)
+        tokens, layout, source_of = repeat_layout(ids, f"doc/{k}.py", cfg, ORDINARY)
+        assert tokens == out and len(layout) == spans and source_of.shape == (n,)
+        h.update(np.asarray(out, dtype=np.int64).tobytes())
+        h.update(f"{spans},{copied};".encode())
+        toks, pos = np.asarray(tokens), np.flatnonzero(source_of >= 0)
+        assert (toks[pos] == toks[source_of[pos]]).all() and (source_of[pos] < pos).all()
+        assert len(pos) == copied  # copies never overlap one another, so every copied token keeps its label
+        for a, b, m in layout:  # each span row is what the labels say: its copy points at its source
+            assert a + m <= b and (source_of[b:b + m] == np.arange(a, a + m)).all()
+        changed = np.flatnonzero(toks != np.asarray(ids))
+        if cfg.content == "natural":  # random ids: a changed token can only be a copy
+            assert set(changed.tolist()) <= set(pos.tolist())
+        else:  # ... or a redrawn source
+            sources = {int(a) + i for a, _, m in layout for i in range(m)}
+            assert set(changed.tolist()) <= set(pos.tolist()) | sources
+    assert h.hexdigest()[:16] == digest
 
 
 def test_impossible_span_lengths_are_refused():
