@@ -250,7 +250,7 @@ def held_out_names(stage: Stage, overrides: list[str]) -> tuple[str, str]:
 
 
 def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int, data: Path, source: str | None = None,
-            tasks: str = "ppl,misalign,passkey,niah") -> None:
+            tasks: str = "ppl,misalign,passkey,niah,copy,split") -> None:
     """`lsa eval --compare` of the stages on one held-out set (`data`: stage 2's recipe, so base and
     extended models read the same windows; `source`: only that source's held-out text):
     perplexity vs length, passkey, misalignment, paired differences, one report. Light settings so
@@ -261,7 +261,7 @@ def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int, data: 
             "--baseline", next((run.name for name, run, _ in stages if name == BASELINE), stages[0][1].name),
             "--windows", str(windows),  # the in-training evaluation's windows: the same numbers
             "--length-multipliers", "0.5,1,2,4", "--passkey-samples", "2", "--passkey-depths", "0,0.5,1",
-            "--misalign-samples", "32"]
+            "--misalign-samples", "32", "--copy-max-per-bucket", "40"]
     if eval_cli.main(args) != 0:
         raise UserError("the demo's evaluation failed; see the output above")
 

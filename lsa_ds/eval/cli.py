@@ -28,17 +28,19 @@ from lsa_ds.cli_help import command_parser, console
 from lsa_ds.errors import UserError
 from lsa_ds.eval import babilong, longbench
 from lsa_ds.eval.benchmarks import generate_answers
+from lsa_ds.eval.correlation import correlate
 from lsa_ds.eval.data_choice import choose_data
 from lsa_ds.eval.forward import hf_logits_fn
 from lsa_ds.eval.heldout import HeldOut
 from lsa_ds.eval.misalignment import measure_misalignment
 from lsa_ds.eval.passkey import run_passkey
 from lsa_ds.eval.perplexity import default_score_tokens, perplexity_at
-from lsa_ds.eval.report import correlate, paired_against, windows_groups, write_report
+from lsa_ds.eval.report import paired_against, windows_groups, write_report
+from lsa_ds.eval.span_tasks import SPAN_TASKS, SpanDocs, SpanSettings, copy_entry, split_entry
 from lsa_ds.eval.targets import load_model, pick_dtype, resolve
 from lsa_ds.recipe import load_recipe
 
-TASKS = ("ppl", "misalign", "passkey", "niah", "longbench", "babilong")
+TASKS = ("ppl", "misalign", "passkey", "niah", *SPAN_TASKS, "longbench", "babilong")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="needle depths (0 = start of the filler, 1 = end)")
     g.add_argument("--passkey-samples", type=int, default=4, help="keys per (length, depth) cell")
     g.add_argument("--passkey-new-tokens", type=int, default=8, help="greedy tokens generated per prompt")
+    g = p.add_argument_group("copy and split (data with a repeated-span source: docs/eval.md)")
+    g.add_argument("--copy-context", type=int, help="tokens a model reads when completing a copy (default: the "
+                                                   "longest training length among the models)")
+    g.add_argument("--copy-max-per-bucket", type=int, default=100, help="copies scored per distance bucket")
+    g.add_argument("--copy-prompt-tokens", type=int, default=4, help="tokens of a copy shown before completing it")
     g = p.add_argument_group("benchmarks you bring (docs/eval.md describes the file formats)")
     g.add_argument("--longbench", action="append", default=[], metavar="PATH",
                    help="LongBench(-E) .jsonl file or folder (repeatable)")
@@ -147,6 +154,8 @@ class Plan:
     variants: list[str]
     benchmarks: dict[str, list] = field(default_factory=dict)
     """"longbench" / "babilong" -> their examples (read once, prompted per model)."""
+    span: SpanSettings | None = None
+    """What copy / split measure (when asked)."""
 
     def settings(self, args) -> dict:
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "seed": args.seed,
@@ -155,7 +164,8 @@ class Plan:
                 "misalignment": {"variants": self.variants, "samples": args.misalign_samples},
                 "passkey": {"lengths": self.passkey_lengths, "depths": self.depths, "samples": args.passkey_samples,
                             "new_tokens": args.passkey_new_tokens},
-                "benchmarks": {k: len(v) for k, v in self.benchmarks.items()}}
+                "benchmarks": {k: len(v) for k, v in self.benchmarks.items()},
+                **({"span": self.span.to_dict()} if self.span else {})}
 
 
 def make_plan(args, targets) -> Plan:
@@ -183,13 +193,23 @@ def make_plan(args, targets) -> Plan:
         "longbench": [ex for path in args.longbench for ex in longbench.read_longbench(
             path, args.longbench_prompts, args.longbench_maxlen, args.bench_max_examples)],
         "babilong": [ex for path in args.babilong for ex in babilong.read_babilong(path, args.bench_max_examples)]}
+    span = None
+    if tasks & set(SPAN_TASKS):
+        lens = [t.train_len for t in targets]
+        context = args.copy_context or max(lens)
+        if context <= args.copy_prompt_tokens or args.copy_prompt_tokens < 1 or args.copy_max_per_bucket < 1:
+            raise UserError(f"--copy-context {context}, --copy-prompt-tokens {args.copy_prompt_tokens}, "
+                            f"--copy-max-per-bucket {args.copy_max_per_bucket}: need 1 <= prompt tokens < context "
+                            "and at least one copy per bucket")
+        span = SpanSettings(context, min(lens), args.copy_prompt_tokens, args.copy_max_per_bucket,
+                            args.misalign_samples, args.seed)
     return Plan(tasks, device, pick_dtype(args.dtype, device), lengths, K,
                 _lengths(args.passkey_lengths, args.passkey_multipliers, targets, "passkey"), depths,
-                [v for v in ("last", "overlap") if v in variants], {k: v for k, v in benchmarks.items() if v})
+                [v for v in ("last", "overlap") if v in variants], {k: v for k, v in benchmarks.items() if v}, span)
 
 
 # ---------------------------------------------------------------------------------- running
-def evaluate_target(t, plan: Plan, args, heldout) -> dict:
+def evaluate_target(t, plan: Plan, args, heldout, spans: SpanDocs | None = None) -> dict:
     """Every planned task on one target; its entry of report["models"]."""
 
     progress = not args.no_progress
@@ -230,6 +250,11 @@ def evaluate_target(t, plan: Plan, args, heldout) -> dict:
                                   args.passkey_new_tokens, args.seed, progress=progress, desc=f"{t.name}: {task}",
                                   haystack=haystack).to_dict()
         lap(task)
+    for task, measure in (("copy", copy_entry), ("split", split_entry)):
+        if task in plan.tasks:
+            extra = (t.train_len,) if task == "split" else ()  # the split at the model's own L
+            entry[task] = measure(logits_fn, spans.docs(t.tokenizer), *extra, plan.span, progress=progress)
+            lap(task)
     for key, module in (("longbench", longbench), ("babilong", babilong)):
         examples = plan.benchmarks.get(key)
         if key in plan.tasks and examples:
@@ -271,11 +296,14 @@ def main(argv: list[str]) -> int:
             heldout.check(t)  # a missing token cache fails now, not after the first model ran
         if choice.notice():
             print(f"note: {choice.notice()}", file=sys.stderr)
+    spans = SpanDocs(choice.data, args.source) if plan.span else None
+    if spans:
+        spans.check()  # a data set without a repeated-span source fails now, before any model loads
     if args.no_progress:
         hf_logging.disable_progress_bar()
     report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "lsa eval " + shlex.join(argv), "settings": plan.settings(args),
-              "models": [evaluate_target(t, plan, args, heldout) for t in targets]}
+              "models": [evaluate_target(t, plan, args, heldout, spans) for t in targets]}
     only = f", source {args.source}" if args.source else ""  # the demo's two tables differ only here
     report["data"] = {"origin": choice.origin + only, "adopted": choice.adopted, "notice": choice.notice()}
     _windows_used(report, args.windows)

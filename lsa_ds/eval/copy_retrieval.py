@@ -90,7 +90,8 @@ class DistanceBucket:
     without it or with no copies), 95% normal interval over copies clipped to [0, 1]."""
 
     def to_dict(self) -> dict:
-        return {"lo": self.lo, "hi": self.hi, **self.accuracy.to_dict(), "token_accuracy": _dict(self.token_accuracy)}
+        # the distances under their own names: the accuracy's interval has "lo" and "hi" too
+        return {"from": self.lo, "to": self.hi, **self.accuracy.to_dict(), "token_accuracy": _dict(self.token_accuracy)}
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,38 @@ def misalignment_plot(models: list[dict], path: Path, data: str | None = None) -
             ax.set_xlim(-0.5, len(rows) - 0.5)
             ax.set_title(f"{label}, {variant} position{'s' if variant == 'overlap' else ''}", fontsize=10)
             ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("long-short misalignment (mean, 95% interval)" + (f", {data}" if data else ""), fontsize=10)
+    fig.suptitle("long-short misalignment (mean, 95% interval)" + (f"\n{data}" if data else ""), fontsize=10)
+    return _save(fig, path)
+
+
+def copy_plot(models: list[dict], path: Path, data: str | None = None) -> Path | None:
+    """Copy retrieval by source-to-copy distance, one line per model: token accuracy (left) and
+    exact match (right) with 95% intervals; a dotted line at L0."""
+    rows = [m for m in models if m.get("copy")]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, label in ((axes[0], "token_accuracy", "token accuracy"), (axes[1], None, "exact match")):
+        for i, m in enumerate(rows):
+            pts = [(b, b["token_accuracy"] if key else b) for b in m["copy"]["by_distance"] if b["n"]]
+            pts = [(b, v) for b, v in pts if v]
+            if not pts:
+                continue
+            # a bucket [from, to) sits at its geometric middle
+            x = np.array([np.sqrt(max(1, b["from"]) * (b["to"] - 1)) for b, _ in pts]) * _dodge(i, len(rows))
+            v = np.array([p.get("value", p.get("mean")) for _, p in pts])
+            err = np.array([[vv - p["lo"] for vv, (_, p) in zip(v, pts)], [p["hi"] - vv for vv, (_, p) in zip(v, pts)]])
+            ax.errorbar(x, v, yerr=err, marker=MARKERS[i % len(MARKERS)], linestyle=LINES[i % len(LINES)], capsize=3,
+                        color=f"C{i % 10}", label=f"{m['name']} (L={m['train_len']})")
+        ax.axvline(rows[0]["copy"]["l0"], color="grey", linestyle=":", label=f"L0 = {rows[0]['copy']['l0']}")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("distance from source to copy (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"copy retrieval at {rows[0]['copy']['context']} tokens of context (mean, 95% interval)"
+                 + (f"\n{data}" if data else ""), fontsize=10)
     return _save(fig, path)
 
 

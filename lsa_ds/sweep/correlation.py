@@ -1,5 +1,5 @@
 """The paper's Table 1 over a sweep's runs: every finished run that `lsa eval` has scored is one
-model, and `eval.report.correlate` relates its misalignment (SKL and SCE, last position) and its
+model, and `eval.correlation.correlate` relates its misalignment (SKL and SCE, last position) and its
 held-out loss at L to its long-context quality (loss at 2× and 4× L, passkey) — Pearson and
 Spearman with bootstrap intervals (resampling whole arms when the sweep has seeds), beside the
 paper's |r|. The sweep's runs were all scored on the
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lsa_ds.eval import plots
-from lsa_ds.eval.report import correlate, correlation_md
+from lsa_ds.eval.correlation import correlate, correlation_md
 
 
 def sweep_models(rows: list[dict]) -> list[dict]:

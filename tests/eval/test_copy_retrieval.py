@@ -6,6 +6,7 @@ and a tiny LLaMA and the held-out documents of a recipe run through it."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -158,3 +159,41 @@ def test_a_tiny_llama_and_a_recipes_held_out_documents_run_through(prepared):
     res = measure_copy_retrieval(model, docs, 64, max_per_bucket=4)
     assert 0 < res.overall.n <= 4 * (len(distance_edges(64)) - 1) and res.excluded > 0
     assert 0.0 <= res.overall.value <= 1.0 and res.to_dict()["by_distance"]
+
+
+def test_lsa_eval_copy_and_split_compare_two_models_on_one_repeated_span_source(model_dir, tmp_path, capsys):
+    import json
+
+    from lsa_ds import cli
+
+    recipe = tmp_path / "copies.yaml"
+    recipe.write_text("data:\n  sources:\n    - {name: stdlib, type: stdlib, max_documents: 160, holdout: 0.1}\n"
+                      "    - {name: copies, type: stdlib, max_documents: 160, holdout: 0.1, "
+                      "repeat: {segment_tokens: 64, per_segment: 2, span_min: 8, span_max: 12}}\n")
+    short = tmp_path / "short"  # the same weights as a model trained at L = 32
+    shutil.copytree(model_dir, short)
+    out = tmp_path / "out"
+    assert cli.main(["eval", "--compare", str(short), str(model_dir), "--length", "32", "--out", str(out),
+                     "--data", str(recipe), "--tasks", "copy,split", "--copy-context", "64",
+                     "--copy-max-per-bucket", "3", "--misalign-samples", "4", "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["span"] == {"context": 64, "l0": 32, "prompt_tokens": 4, "max_per_bucket": 3,
+                                          "split_windows": 4}
+    for m in report["models"]:
+        c = m["copy"]
+        assert c["context"] == 64 and c["l0"] == 32 and c["inside_l0"]["exact"]["n"] > 0
+        assert 0 <= c["inside_l0"]["tokens"]["mean"] <= 1 and c["beyond_l0"]["exact"]["n"] > 0
+        bounds = [(b["from"], b["to"]) for b in c["by_distance"]]  # the buckets keep their distances
+        assert bounds[0][0] == 1 and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:])) and (32, 64) in bounds
+        split = m["split"]
+        assert [k["name"] for k in split["classes"]] == ["cut", "shared", "unseen", "plain"]
+        assert sum(k["share"] for k in split["classes"]) == pytest.approx(1.0)
+    md = (out / "report.md").read_text()
+    assert "## Copy retrieval by distance" in md and "## Where misalignment comes from" in md
+    assert "copy_by_distance.png" in report["plots"]
+    # a data set without repeated spans is refused before any model loads, in one line
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("data:\n  sources: [{name: stdlib, type: stdlib, max_documents: 40, holdout: 0.1}]\n")
+    capsys.readouterr()
+    assert cli.main(["eval", str(model_dir), "--out", str(out), "--data", str(plain), "--tasks", "copy"]) == 2
+    assert "copy metrics need exactly one source with `repeat` set" in capsys.readouterr().err

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from lsa_ds.eval.report import correlate, correlation_md, render_markdown
+from lsa_ds.eval.correlation import correlate, correlation_md
+from lsa_ds.eval.report import render_markdown
 from lsa_ds.eval.stats import pearson, spearman
 
 # name: (SCE of last, perplexity at L = 64, at 128, at 256, passkey accuracy or None, final train loss)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lsa_ds.eval.report import correlate
+from lsa_ds.eval.correlation import correlate
 from lsa_ds.eval.stats import (
     across_seeds,
     bootstrap_ci,
