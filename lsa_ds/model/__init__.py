@@ -5,4 +5,5 @@
     adapters        LoRA / LongLoRA through peft: checks, wrapping, adapter exports
     s2_attention    LongLoRA's shifted sparse attention (training only)
     memory          tiled MLPs and activation offload for long sequences
+    estimate        per-rank memory of a training step from the configs alone (`lsa train --dry-run`)
 """

@@ -25,6 +25,8 @@ import yaml
 
 from lsa_ds.cli_help import command_parser
 from lsa_ds.errors import UserError
+from lsa_ds.model.config import build_hf_config
+from lsa_ds.model.estimate import estimate_memory
 from lsa_ds.recipe import Recipe, add_recipe_args, recipe_from_args, recipe_to_dict
 from lsa_ds.train.checkpoint import CheckpointWriteError
 from lsa_ds.train.distributed import default_accelerator, exit_rank, free_port, init_distributed, supervise_rank
@@ -41,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     add_recipe_args(p)
     p.add_argument("--dry-run", action="store_true",
                    help="check everything that needs no data (the same checks a real start makes before tokenizing), "
-                        "print the resolved recipe and DeepSpeed config, then exit; writes nothing")
+                        "print the resolved recipe, the DeepSpeed config and a per-rank memory estimate, then exit; "
+                        "writes nothing")
+    p.add_argument("--json", action="store_true",
+                   help="with --dry-run: print one JSON object (recipe, ds_config, memory_estimate) instead")
+    p.add_argument("--estimate-for", choices=("gpu", "cpu"), default="gpu",
+                   help="with --dry-run: estimate memory for GPU ranks (default) or CPU ranks")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest complete checkpoint")
     p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
@@ -171,6 +178,24 @@ def _setup_once(args, recipe: Recipe, rank: int, world: int) -> str | None:
     return tag[0]
 
 
+def dry_run(args, recipe: Recipe) -> int:
+    """Check without data; print the resolved recipe, the DeepSpeed config and the memory estimate
+    (from the configs alone: no weights, no DeepSpeed)."""
+    world = (args.nproc or args.num_gpus or default_nproc()) * (args.num_nodes or 1)
+    ds_config = check_without_data(recipe, world)
+    hf_config = build_hf_config(recipe, None, None, None, None)  # the vocabulary the checks assume
+    estimate = estimate_memory(recipe, hf_config, ds_config, world, target=args.estimate_for)
+    if args.json:
+        print(json.dumps({"recipe": recipe_to_dict(recipe), "ds_config": ds_config,
+                          "memory_estimate": estimate.to_dict()}, indent=2))
+        return 0
+    print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+    print(f"# DeepSpeed config for {world} ranks")
+    print(json.dumps(ds_config, indent=2))
+    print(estimate.render())
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     # ranks started by an `lsa train` parent read the resolved config.yaml, where every key is set:
@@ -178,13 +203,10 @@ def main(argv: list[str]) -> int:
     recipe = recipe_from_args(args, warn=not args.run_ready and os.environ.get("RANK", "0") == "0")
     if (args.allow_change or args.resume_from is not None) and not args.resume:
         raise UserError("--allow-change and --resume-from: only with --resume")
+    if (args.json or args.estimate_for != "gpu") and not args.dry_run:
+        raise UserError("--json and --estimate-for: only with --dry-run")
     if args.dry_run:
-        world = (args.nproc or args.num_gpus or default_nproc()) * (args.num_nodes or 1)
-        ds_config = check_without_data(recipe, world)
-        print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
-        print(f"# DeepSpeed config for {world} ranks")
-        print(json.dumps(ds_config, indent=2))
-        return 0
+        return dry_run(args, recipe)
     if "LOCAL_RANK" in os.environ:
         supervise_rank()  # from here on this process is the rank's child; its parent reports how it ends
         exit_rank(run_rank(args, recipe))
