@@ -185,9 +185,12 @@ def in_training_windows(run_dir: Path) -> str:
 
 
 def paired_lines(report_json: Path, long_range: str) -> list[str]:
-    """Verdict lines read from a report's own paired table, one per model against the baseline (loss at its longest
-    length and symmetric KL, with their intervals), so the report's verdict equals its table."""
+    """Verdict lines read from a report's own paired table, one per model against the baseline (loss at
+    the baseline's training length, and symmetric KL, with their intervals), so the report's verdict
+    equals its table."""
     report = json.loads(report_json.read_text())
+    base = report["paired"]["baseline"] if report.get("paired") else None
+    at = next((m["train_len"] for m in report["models"] if m["name"] == base), None)
     out = []
     for m in (report.get("paired") or {}).get("models", []):
         rows = {r["metric"]: r for r in m["rows"]}
@@ -195,7 +198,7 @@ def paired_lines(report_json: Path, long_range: str) -> list[str]:
         skl = rows.get("misalign SKL (last)")
         if not losses:
             continue
-        n, r = losses[-1]
+        n, r = next(((k, r) for k, r in losses if k == at), losses[-1])
         d = r["diff"]
         text = (f"{m['name']} minus {report['paired']['baseline']} (the paired table above, {long_range}): loss @{n} "
                 f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] over {r['better'] + r['worse']} windows")

@@ -72,7 +72,7 @@ def _targets(models: list[dict]) -> list[tuple[str, object]]:
         if any(m.get(key) for m in models):
             out.append((label, lambda m, key=key, value=value: (m.get(key) or {}).get(value)))
     if any(m.get("copy") for m in models):  # copy retrieval: graded token accuracy (exact match sits at 0 here)
-        for where, label in (("inside_l0", "copy tokens < L0"), ("beyond_l0", "copy tokens ≥ L0")):
+        for where, label in (("at_l0", "copy tokens, context L0"), ("beyond_l0", "copy tokens ≥ L0")):
             out.append((label, lambda m, where=where: (((m.get("copy") or {}).get(where) or {}).get("tokens") or {})
                         .get("mean")))
     return out

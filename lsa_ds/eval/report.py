@@ -108,16 +108,20 @@ def _copy_md(models: list[dict]) -> list[str]:
     if not rows:
         return []
     c0 = rows[0]["copy"]
-    body = [[m["name"], str(m["train_len"]), _ci(c["inside_l0"]["exact"]), _ci(c["inside_l0"]["tokens"], ".3f"),
-             str(c["inside_l0"]["exact"]["n"]), _ci(c["beyond_l0"]["exact"]), _ci(c["beyond_l0"]["tokens"], ".3f"),
-             str(c["beyond_l0"]["exact"]["n"])] for m in rows for c in [m["copy"]]]
+    body = [[m["name"], str(m["train_len"]), _ci(c["at_l0"]["tokens"], ".3f"), _ci(c["inside_l0"]["tokens"], ".3f"),
+             _ci(c["beyond_l0"]["tokens"], ".3f"), _ci(c["at_l0"]["exact"]), _ci(c["beyond_l0"]["exact"]),
+             f"{c['at_l0']['exact']['n']} / {c['inside_l0']['exact']['n']} / {c['beyond_l0']['exact']['n']}"]
+            for m in rows for c in [m["copy"]]]
+    ctx, l0 = c0["context"], c0["l0"]
     return ["## Copy retrieval by distance", "",
             f"Each held-out copy of a repeated span, given its first {c0['prompt_tokens']} tokens, completed greedily "
-            f"with at most {c0['context']} tokens of context: exact match (every token right; 95% Wilson interval) "
-            "and token accuracy (the share of its tokens predicted right given the true ones before them; mean over "
-            f"copies, 95% interval), pooled over source-to-copy distances below L0 = {c0['l0']} and from L0 on. "
-            "`copy_by_distance.png` shows every distance bucket.", "",
-            *markdown_table(["model", "L", "exact < L0", "tokens < L0", "copies", "exact ≥ L0", "tokens ≥ L0",
+            f"with at most {ctx} tokens of context, and again with {l0} (= L0, the shortest training length: every "
+            "model then reads only positions it was trained on): token accuracy (the share of a copy's tokens "
+            "predicted right given the true ones before them; mean over copies, 95% interval) and exact match "
+            "(every token right; 95% Wilson interval), pooled over source-to-copy distances below L0 and from L0 "
+            "on. `copy_by_distance.png` shows every distance bucket at the longer context.", "",
+            *markdown_table(["model", "L", f"tokens, context {l0}", f"tokens < {l0}, context {ctx}",
+                             f"tokens ≥ {l0}, context {ctx}", f"exact, context {l0}", f"exact ≥ {l0}, context {ctx}",
                              "copies"], body)]
 
 

@@ -3,7 +3,9 @@ data with a repeated-span source (docs/eval.md, "Copy retrieval and where misali
 
 - copy: `copy_retrieval` at one context for every compared model (default: the longest training
   length among them), by distance bucket, and pooled over distances inside the shortest training
-  length L0 and beyond it: base and extended models side by side, inside and beyond L0;
+  length L0 and beyond it: base and extended models side by side, inside and beyond L0; and once
+  more at a context of L0 tokens, where every model reads only positions it was trained on (at the
+  long context a base model reads past its length even for a short distance);
 - split: `misalign_split` at each model's own L (the overlap variant of the misalignment metric,
   split by the predicted token's class), so the split adds up to what misalignment measures.
 
@@ -71,9 +73,12 @@ def copy_entry(logits_fn: LogitsFn, docs: list[LabelledDoc], s: SpanSettings, pr
     edges = tuple(sorted({*distance_edges(s.context), s.l0}))
     res = measure_copy_retrieval(logits_fn, docs, s.context, s.prompt_tokens, edges=edges,
                                  max_per_bucket=s.max_per_bucket, per_token=True, progress=progress)
+    at_l0 = measure_copy_retrieval(logits_fn, docs, s.l0, s.prompt_tokens, max_per_bucket=s.max_per_bucket,
+                                   per_token=True, progress=progress) if s.l0 < s.context else res
     return {**res.to_dict(), "l0": s.l0,
             "inside_l0": _pooled(res.within(1, s.l0), res.tokens_within(1, s.l0)),
-            "beyond_l0": _pooled(res.within(s.l0, s.context + 1), res.tokens_within(s.l0, s.context + 1))}
+            "beyond_l0": _pooled(res.within(s.l0, s.context + 1), res.tokens_within(s.l0, s.context + 1)),
+            "at_l0": _pooled(at_l0.within(1, s.l0), at_l0.tokens_within(1, s.l0))}
 
 
 def split_entry(logits_fn: LogitsFn, docs: list[LabelledDoc], seq_len: int, s: SpanSettings,

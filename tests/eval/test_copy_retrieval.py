@@ -183,6 +183,7 @@ def test_lsa_eval_copy_and_split_compare_two_models_on_one_repeated_span_source(
         c = m["copy"]
         assert c["context"] == 64 and c["l0"] == 32 and c["inside_l0"]["exact"]["n"] > 0
         assert 0 <= c["inside_l0"]["tokens"]["mean"] <= 1 and c["beyond_l0"]["exact"]["n"] > 0
+        assert 0 < c["at_l0"]["exact"]["n"] <= c["inside_l0"]["exact"]["n"]  # at L0 a source must fit in L0 tokens
         bounds = [(b["from"], b["to"]) for b in c["by_distance"]]  # the buckets keep their distances
         assert bounds[0][0] == 1 and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:])) and (32, 64) in bounds
         split = m["split"]
