@@ -64,7 +64,7 @@ def rank_main(args) -> None:
         engine = Engine(recipe, ds_config, lm, args.steps)
 
         def step():
-            engine.train_step([views()], apply_divergence=args.variant == "alpha01")
+            engine.train_step([views()], measure_divergence=args.variant == "alpha01")
     else:
         opt = torch.optim.AdamW(lm.parameters(), lr=1e-4)
         ds, _, _, _ = deepspeed.initialize(model=lm, optimizer=opt, config=ds_config)

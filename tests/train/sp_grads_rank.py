@@ -17,6 +17,7 @@ def main(out: str, overrides: list[str]) -> None:
     import torch.distributed as dist
     from deepspeed.utils import safe_get_full_grad
 
+    from lsa_ds.align.objective import divergence_measured
     from lsa_ds.align.views import micro_views
     from lsa_ds.data import open_cache
     from lsa_ds.model.build import build_model
@@ -50,7 +51,7 @@ def main(out: str, overrides: list[str]) -> None:
     a = recipe.align
     for k in range(1, recipe.train.max_steps + 1):
         micro = [micro_views(recipe, ids, w) for ids, w in loader.next_step()]
-        s = engine.train_step(micro, apply_divergence=a.enabled and a.alpha > 0 and k % a.every == 0)
+        s = engine.train_step(micro, measure_divergence=divergence_measured(a, k))
         stats.append({"loss": s.loss, "ce": s.ce, "tokens": s.tokens, "misalign_sce": s.misalign_sce,
                       "misalign_skl": s.misalign_skl, "grad_norm": s.grad_norm})
     if rank == 0:
