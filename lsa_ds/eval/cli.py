@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("copy and split (data with a repeated-span source: docs/eval.md)")
     g.add_argument("--copy-context", type=int, help="tokens a model reads when completing a copy (default: the "
                                                    "longest training length among the models)")
+    g.add_argument("--copy-l0", type=int, help="distances below it count as inside L0, and copies are measured again "
+                                               "at this context (default: the shortest training length among the "
+                                               "models; set it when evaluating one extended model at a time)")
     g.add_argument("--copy-max-per-bucket", type=int, default=100, help="copies scored per distance bucket")
     g.add_argument("--copy-prompt-tokens", type=int, default=4, help="tokens of a copy shown before completing it")
     g = p.add_argument_group("benchmarks you bring (docs/eval.md describes the file formats)")
@@ -196,12 +199,12 @@ def make_plan(args, targets) -> Plan:
     span = None
     if tasks & set(SPAN_TASKS):
         lens = [t.train_len for t in targets]
-        context = args.copy_context or max(lens)
-        if context <= args.copy_prompt_tokens or args.copy_prompt_tokens < 1 or args.copy_max_per_bucket < 1:
-            raise UserError(f"--copy-context {context}, --copy-prompt-tokens {args.copy_prompt_tokens}, "
-                            f"--copy-max-per-bucket {args.copy_max_per_bucket}: need 1 <= prompt tokens < context "
+        context, l0 = args.copy_context or max(lens), args.copy_l0 or min(lens)
+        if not 1 <= args.copy_prompt_tokens < l0 <= context or args.copy_max_per_bucket < 1:
+            raise UserError(f"--copy-prompt-tokens {args.copy_prompt_tokens}, --copy-l0 {l0}, --copy-context {context}, "
+                            f"--copy-max-per-bucket {args.copy_max_per_bucket}: need 1 <= prompt tokens < L0 <= context "
                             "and at least one copy per bucket")
-        span = SpanSettings(context, min(lens), args.copy_prompt_tokens, args.copy_max_per_bucket,
+        span = SpanSettings(context, l0, args.copy_prompt_tokens, args.copy_max_per_bucket,
                             args.misalign_samples, args.seed)
     return Plan(tasks, device, pick_dtype(args.dtype, device), lengths, K,
                 _lengths(args.passkey_lengths, args.passkey_multipliers, targets, "passkey"), depths,

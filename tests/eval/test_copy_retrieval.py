@@ -192,6 +192,16 @@ def test_lsa_eval_copy_and_split_compare_two_models_on_one_repeated_span_source(
     md = (out / "report.md").read_text()
     assert "## Copy retrieval by distance" in md and "## Where misalignment comes from" in md
     assert "copy_by_distance.png" in report["plots"]
+    # one model at a time (a sweep's evaluation): --copy-l0 sets L0 and the second context
+    single = tmp_path / "single"
+    assert cli.main(["eval", str(model_dir), "--length", "64", "--out", str(single), "--data", str(recipe),
+                     "--tasks", "copy", "--copy-l0", "32", "--copy-max-per-bucket", "2", "--no-progress"]) == 0
+    (m,) = json.loads((single / "report.json").read_text())["models"]
+    assert m["copy"]["context"] == 64 and m["copy"]["l0"] == 32 and m["copy"]["beyond_l0"]["exact"]["n"] > 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(model_dir), "--out", str(single), "--data", str(recipe), "--tasks", "copy",
+                     "--copy-l0", "128"]) == 2
+    assert "--copy-l0 128, --copy-context 64" in capsys.readouterr().err
     # a data set without repeated spans is refused before any model loads, in one line
     plain = tmp_path / "plain.yaml"
     plain.write_text("data:\n  sources: [{name: stdlib, type: stdlib, max_documents: 40, holdout: 0.1}]\n")
