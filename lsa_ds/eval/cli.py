@@ -253,11 +253,12 @@ def evaluate_target(t, plan: Plan, args, heldout, spans: SpanDocs | None = None)
                                   args.passkey_new_tokens, args.seed, progress=progress, desc=f"{t.name}: {task}",
                                   haystack=haystack).to_dict()
         lap(task)
-    for task, measure in (("copy", copy_entry), ("split", split_entry)):
-        if task in plan.tasks:
-            extra = (t.train_len,) if task == "split" else ()  # the split at the model's own L
-            entry[task] = measure(logits_fn, spans.docs(t.tokenizer), *extra, plan.span, progress=progress)
-            lap(task)
+    if "copy" in plan.tasks:
+        entry["copy"] = copy_entry(logits_fn, spans.docs(t.tokenizer), plan.span, progress=progress)
+        lap("copy")
+    if "split" in plan.tasks:  # at the model's own L, as its misalignment is measured
+        entry["split"] = split_entry(logits_fn, spans.docs(t.tokenizer), t.train_len, plan.span, progress=progress)
+        lap("split")
     for key, module in (("longbench", longbench), ("babilong", babilong)):
         examples = plan.benchmarks.get(key)
         if key in plan.tasks and examples:
