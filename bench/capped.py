@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from lsa_ds.train.distributed import free_port
+from lsa_ds.train.distributed import SHM_DIR, free_port
 
 MIN_AVAILABLE_MIB = 3072
 """Kill a launch when the machine has less than this available: the last guard against swapping."""
@@ -65,8 +65,9 @@ def run_capped(script: str, nproc: int, args: list[str], result: Path, cap_mib: 
     set passed `cap_mib`), "timeout", "low-memory" or "error" (with the rank's last output lines),
     and always `wall_s` and `watch_rss_mib` (the largest resident set the watchdog saw per process)."""
     result.unlink(missing_ok=True)
+    port = free_port()
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--no_local_rank",
-           "--master_port", str(free_port()), script, "--rank", *args, "--result", str(result)]
+           "--master_port", str(port), script, "--rank", *args, "--result", str(result)]
     full = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     for key, value in (env or {}).items():
         if value is None:
@@ -93,6 +94,10 @@ def run_capped(script: str, nproc: int, args: list[str], result: Path, cap_mib: 
                 break
             time.sleep(0.1)
     wall = time.perf_counter() - t0
+    # A rank killed at the cap (or one that never reached init_distributed's unlink, like the
+    # Trainer peer's) leaves DeepSpeed's 66 MiB CPU all-reduce buffers in /dev/shm, which is RAM.
+    for leftover in SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        leftover.unlink(missing_ok=True)
     if status is None and proc.returncode == 0 and result.is_file():
         return {**json.loads(result.read_text()), "status": "ok", "wall_s": wall, "watch_rss_mib": seen}
     tail = log.read_text(errors="replace").splitlines()[-8:] if status is None else []
