@@ -19,6 +19,7 @@ tokenizes exactly as the run's cache did).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from lsa_ds.data.windows import BlendedWindows, SourceWindows
 from lsa_ds.errors import UserError
 from lsa_ds.eval.data_choice import DataChoice
 from lsa_ds.recipe import Recipe
-from lsa_ds.recipe.schema import DataConfig
+from lsa_ds.recipe.schema import DataConfig, SourceConfig
 
 
 def spread(available: int, count: int) -> np.ndarray:
@@ -93,6 +94,21 @@ class _MemoryStore:
         return self._docs[doc][start:stop]
 
 
+def eval_batches(src: SourceConfig, tok: Tokenizer, batch_docs: int = 64) -> Iterator[list[tuple[str, list[int]]]]:
+    """A source's held-out documents in source order as (key, framed token ids), `batch_docs` encoded
+    together per batch: the one reading of the eval split that `text_windows` and
+    `repeat_docs.labelled_documents` share (so their documents are the same)."""
+    batch: list[tuple[str, str]] = []
+    for split, rec in iter_records(src):
+        if split == "eval" and rec.text is not None:
+            batch.append((rec.key, rec.text))
+            if len(batch) >= batch_docs:
+                yield list(zip([k for k, _ in batch], tok.encode_documents([t for _, t in batch])))
+                batch = []
+    if batch:
+        yield list(zip([k for k, _ in batch], tok.encode_documents([t for _, t in batch])))
+
+
 def text_windows(data: DataConfig, tok: Tokenizer, window: int, count: int, batch_docs: int = 64) -> np.ndarray:
     """[<= count, window] windows from the held-out documents of `data`'s sources, tokenized with
     `tok` (a source's `repeat` spans applied as `lsa prepare` applies them) and cut, blended and
@@ -102,27 +118,16 @@ def text_windows(data: DataConfig, tok: Tokenizer, window: int, count: int, batc
     sources, weights = [], []
     for src in data.sources:
         docs: list[np.ndarray] = []
-        total, batch = 0, []
+        total = 0
         ordinary = tok.ordinary_ids() if src.repeat is not None else None
-
-        def flush() -> None:
-            nonlocal total
-            for key, ids in zip([k for k, _ in batch], tok.encode_documents([t for _, t in batch])):
+        for encoded in eval_batches(src, tok, batch_docs):
+            for key, ids in encoded:
                 if src.repeat is not None:
                     ids = repeat_spans(ids, key, src.repeat, ordinary)[0]
                 docs.append(np.asarray(ids, dtype=np.int64))
-            total += sum(len(d) for d in docs[-len(batch):])
-            batch.clear()
-
-        for split, rec in iter_records(src):
-            if split == "eval" and rec.text is not None:
-                batch.append((rec.key, rec.text))
-                if len(batch) >= batch_docs:
-                    flush()
-                    if total >= MAX_EVAL_TOKENS + window:
-                        break
-        if batch:
-            flush()
+                total += len(ids)
+            if total >= MAX_EVAL_TOKENS + window:
+                break
         if docs:
             try:
                 sources.append(SourceWindows(_MemoryStore(docs), window, seed=0, min_doc_tokens=data.min_doc_tokens,

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from lsa_ds.data.repeats import repeat_layout
-from lsa_ds.data.sources import iter_records
 from lsa_ds.data.tokenizer import Tokenizer
 from lsa_ds.errors import UserError
-from lsa_ds.eval.heldout import spread
+from lsa_ds.eval.heldout import eval_batches, spread
 from lsa_ds.recipe.schema import DataConfig, SourceConfig
 
 
@@ -55,31 +54,20 @@ def labelled_documents(data: DataConfig, tok: Tokenizer, source: str | None = No
     """The held-out documents of `data`'s repeated-span source (`repeat_source`), in source order,
     until `max_tokens` tokens; documents shorter than `data.min_doc_tokens` are left out, as the
     windows of training and of `heldout.text_windows` leave them out. Same iteration as
-    `heldout.text_windows`: the eval split of `iter_records`, encoded in batches."""
+    `heldout.text_windows`: `heldout.eval_batches`."""
     src = repeat_source(data, source)
     ordinary = tok.ordinary_ids()
     docs: list[LabelledDoc] = []
-    total, batch = 0, []
-
-    def flush() -> None:
-        nonlocal total
-        for key, ids in zip([k for k, _ in batch], tok.encode_documents([t for _, t in batch])):
+    total = 0
+    for encoded in eval_batches(src, tok, batch_docs):
+        for key, ids in encoded:
             if len(ids) < data.min_doc_tokens:
                 continue
             tokens, spans, source_of = repeat_layout(ids, key, src.repeat, ordinary)
             docs.append(LabelledDoc(key, np.asarray(tokens, dtype=np.int64), spans, source_of))
             total += len(tokens)
-        batch.clear()
-
-    for split, rec in iter_records(src):
-        if split == "eval" and rec.text is not None:
-            batch.append((rec.key, rec.text))
-            if len(batch) >= batch_docs:
-                flush()
-                if total >= max_tokens:
-                    break
-    if batch and total < max_tokens:
-        flush()
+        if total >= max_tokens:
+            break
     if not docs:
         raise UserError(f"source '{src.name}' has no held-out documents; set `holdout` on it")
     return docs
