@@ -132,3 +132,30 @@ def test_the_method_and_the_recipe_import_without_deepspeed_or_transformers(modu
     assert proc.returncode == 0, proc.stderr[-2000:]
     if module == "lsa_ds.align":
         assert "alignment_losses" in proc.stdout and "make_views" in proc.stdout and "micro_step_loss" in proc.stdout
+
+
+def test_scripts_outside_the_package_import_what_the_package_has():
+    """bench/, docs/, examples/, scripts/ and tests/ import from the package by name; a module moved
+    or a name renamed must not leave one of them pointing at nothing (docs/study/subset_correlation.py
+    kept the flat layout's names for a reorganisation)."""
+    import importlib
+
+    def found(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # a name below a module that is not a package
+            return False
+
+    root = PACKAGE.parent
+    missing = []
+    for path in sorted(p for d in ("bench", "docs", "examples", "scripts", "tests") for p in (root / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "lsa_ds":
+                module = importlib.import_module(node.module) if found(node.module) else None
+                gone = [a.name for a in node.names
+                        if module is None or not (hasattr(module, a.name) or found(f"{node.module}.{a.name}"))]
+                missing += [f"{path.relative_to(root)}:{node.lineno} from {node.module} import {n}" for n in gone]
+            elif isinstance(node, ast.Import):
+                missing += [f"{path.relative_to(root)}:{node.lineno} import {a.name}" for a in node.names
+                            if a.name.split(".")[0] == "lsa_ds" and not found(a.name)]
+    assert not missing, "imports of names the package does not have:\n" + "\n".join(missing)

@@ -5,11 +5,11 @@ runs' `lsa eval` reports; prints the rows of docs/study/report.md's subset table
     .venv/bin/python docs/study/subset_correlation.py
 """
 
-from lsa_ds.eval.report import correlate
-from lsa_ds.sweep_arms import arm_of_point
-from lsa_ds.sweep_correlation import sweep_models
-from lsa_ds.sweep_report import gather
-from lsa_ds.sweep_spec import load_sweep
+from lsa_ds.eval.correlation import correlate
+from lsa_ds.sweep.arms import arm_of_point
+from lsa_ds.sweep.correlation import sweep_models
+from lsa_ds.sweep.report import gather
+from lsa_ds.sweep.spec import load_sweep
 
 sweep = load_sweep("recipes/ablations/cpu-study.yaml")
 rows = [gather(p) for p in sweep.points]

@@ -45,7 +45,9 @@ def misalignment_of(row: dict, variant: str) -> dict:
 def numbers(row: dict) -> dict[str, float]:
     """One finished run's numbers the arm view averages over seeds, in report order: training-eval
     loss@N, misalignment, entropy (when logged), CE gap; then `lsa eval` loss (ln ppl) at every
-    length, misalignment SCE / SKL and entropy per variant, passkey accuracy."""
+    length, misalignment SCE / SKL and entropy per variant, passkey accuracy, copy retrieval (token
+    accuracy inside / beyond L0 and with a context of L0), and the overlap misalignment split by the
+    predicted token's class (SKL and SCE per class; the cut class's part of the unsplit SKL)."""
     t, ev = row["train"], row["eval"] or {}
     out = {f"loss@{n}": v for n, v in sorted(length_keys(t).items())}
     for k in ("misalign_sce", "misalign_skl", *sorted(k for k in t if k.startswith(ENTROPY_PREFIX)), "ce_gap"):
@@ -56,6 +58,16 @@ def numbers(row: dict) -> dict[str, float]:
         for m in ("sce", "skl", "entropy"):
             out[f"eval {m} ({v})"] = (misalignment_of(row, v).get(m) or {}).get("mean")
     out["eval passkey"] = ev.get("passkey")
+    model = ev.get("model") or {}
+    for where in ("inside_l0", "beyond_l0", "at_l0"):  # copy retrieval's graded token accuracy (eval/span_tasks.py)
+        out[f"eval copy tokens ({where})"] = ((((model.get("copy") or {}).get(where) or {}).get("tokens") or {})
+                                              .get("mean"))
+    split = model.get("split") or {}
+    for c in split.get("classes", []):  # overlap misalignment by predicted token (eval/misalign_split.py)
+        for m in ("skl", "sce"):
+            out[f"eval split {m} ({c['name']})"] = (c.get(m) or {}).get("value")
+        if c["name"] == "cut" and split.get("skl"):
+            out["eval split cut share of skl"] = c["share"] * c["skl"]["value"] / split["skl"]
     return {k: float(v) for k, v in out.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
@@ -202,7 +214,8 @@ def headline(view: dict) -> list[str]:
     L = max(set(lens), key=lens.count) if lens else 0
     have = set(view["metrics"])
     loss = [m for m in view["metrics"] if m.startswith("eval loss@") and int(m.split("@")[1]) >= (L or 0)]
-    rest = ["eval skl (last)", "eval sce (last)", "eval entropy (last)", "eval skl (overlap)", "eval passkey"]
+    rest = ["eval skl (last)", "eval sce (last)", "eval entropy (last)", "eval skl (overlap)", "eval split skl (cut)",
+            "eval copy tokens (beyond_l0)", "eval passkey"]
     return loss + [m for m in rest if m in have]
 
 
@@ -215,7 +228,9 @@ def summary_markdown(view: dict) -> list[str]:
     arms = view["arms"]
     out = ["## Summary", "", "Per arm, mean over its finished seeds [95% interval across seeds, Student t]; "
            "`lsa eval` numbers (loss = ln perplexity at each context length; misalignment and entropy of the "
-           "predictions at the last position; symmetric KL over the overlap; passkey accuracy). The sections "
+           "predictions at the last position; symmetric KL over the overlap, and over its pairs whose token is a "
+           "copy of a source only the long view sees (split, cut); copy-retrieval token accuracy beyond L0; "
+           "passkey accuracy). The sections "
            "below have every number.", ""]
     out += markdown_table(["arm", "seeds", *cols], [[a["name"], str(len(a["seeds"])), *[_ci(a["stats"].get(m), ".3f") for m in cols]]
                                             for a in arms])

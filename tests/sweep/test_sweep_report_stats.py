@@ -129,7 +129,15 @@ def fake_eval(run: Path, shift: float, seed: int, sha: str = "w1") -> None:
                  {"length": n, "ppl": math.exp(v.mean()), "ppl_ci": [math.exp(v.mean()) - 1, math.exp(v.mean()) + 1], "per_window": v.tolist()} for n, v in nll.items()]},
              "misalignment": {"last": {"windows_sha": sha, "sce": _ci(sce), "skl": _ci(skl), "entropy": _ci((sce - skl) / 2),
                                        "per_sample": {"sce": sce.tolist(), "skl": skl.tolist()}}},
-             "passkey": {"accuracy_overall": 0.0}}
+             "passkey": {"accuracy_overall": 0.0},
+             # copy retrieval and the overlap misalignment split, of the shapes eval/span_tasks.py writes
+             "copy": {w: {"tokens": {"mean": 0.4 - shift + 0.01 * seed, "lo": 0.3, "hi": 0.5}}
+                      for w in ("inside_l0", "beyond_l0", "at_l0")},
+             "split": {"skl": 0.3 + shift, "classes": [
+                 {"name": "cut", "share": 0.1, "skl": {"value": 1.2 + shift, "lo": 1.0, "hi": 1.4},
+                  "sce": {"value": 6.0, "lo": 5.5, "hi": 6.5}},
+                 {"name": "plain", "share": 0.9, "skl": {"value": 0.2 + shift, "lo": 0.1, "hi": 0.3},
+                  "sce": {"value": 5.0, "lo": 4.5, "hi": 5.5}}]}}
     (run / "eval").mkdir()
     (run / "eval" / "report.json").write_text(json.dumps({"models": [model]}))
 
@@ -171,6 +179,15 @@ def test_eval_numbers_are_paired_window_by_window_and_seed_by_seed(evaluated):
     ent = rows[("st-alpha0.3", "eval entropy (last)")]
     assert float(ent["wdiff"]) == pytest.approx(-0.3 * 1.5 - 0.01 * 1.5, abs=1e-9)  # (−2·shift − shift) / 2 per sample
     assert rows[("st-enabled-false", "eval passkey")]["mean"] == "0.0"
+    # copy retrieval and the misalignment split, per arm over seeds and seed by seed against the baseline
+    cut = rows[("st-alpha0.3", "eval split skl (cut)")]
+    shifts = [0.3 + 0.01 * s for s in range(3)]  # fake_eval's shift of this arm per seed
+    assert float(cut["mean"]) == pytest.approx(np.mean([1.2 + x for x in shifts]))
+    assert float(cut["diff"]) == pytest.approx(np.mean(shifts))  # the baseline's shift is 0
+    share = rows[("st-enabled-false", "eval split cut share of skl")]
+    assert float(share["mean"]) == pytest.approx(0.1 * 1.2 / 0.3)
+    copy = rows[("st-alpha0.3", "eval copy tokens (beyond_l0)")]
+    assert float(copy["diff"]) == pytest.approx(-np.mean(shifts))
     md = (folder / "report.md").read_text()
     assert "## Arms against the baseline `st-enabled-false`, seeds × windows" in md
     assert f"| st-alpha0.1 | eval loss@128 | 3 × {WINDOWS} |" in md
