@@ -20,7 +20,11 @@ resident on a CPU rank). Sections:
 - options: at the largest size, alignment on, each memory option alone (activation checkpointing,
   TiledMLP, activation offload, ZeRO offload, SP=2, LoRA r 8), L doubling from `--l0`: the longest
   L each completes under the cap;
-- LoRA r 8 against full fine-tuning at the largest size and `--l0` (from the two sections' points).
+- LoRA r 8 against full fine-tuning at the largest size and `--l0` (from the two sections' points);
+- profile (only when named in `--sections`): at the largest size and `--l0`, alignment off and on,
+  torch.profiler over rank 0's last step; its ops' self CPU time grouped into matmuls, attention,
+  softmax / log-softmax (the losses' and attention's), ZeRO-3's communication, the optimizer and
+  the rest (`PROFILE_GROUPS`): where the step's time goes.
 
 bench/cost_report.py fits and prints the tables (a·L + b·L², log-log exponents) and draws the plots.
 Not a test: it only measures.
@@ -51,6 +55,8 @@ OPTIONS = {  # memory option: recipe overrides (each alone, on top of the plain 
     "ZeRO offload": ["train.ds_config=zero3_offload", "optim.impl=deepspeed"],
     "SP=2": ["train.sequence_parallel=2"],
     "LoRA r 8": ["model.lora.r=8", "model.lora.alpha=16"],
+    # a time option, the other way round: one chunk holds all [2B, L, V] logits, none is recomputed in backward
+    "one loss chunk": ["align.chunk_tokens=1048576"],
 }
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 """As in bench_memory_estimate.py: freed tensors leave the resident set (glibc's adaptive threshold would keep
@@ -65,6 +71,31 @@ def overrides(size: str, L: int, align: bool, extra: list[str], steps: int) -> l
     return ["model.preset=tiny", "model.overrides=" + json.dumps(shape), f"data.tokenizer.vocab_size={VOCAB}",
             f"train.seq_len={L}", "train.micro_batch_size=1", f"train.max_steps={steps}",
             f"align.enabled={str(align).lower()}", *extra]
+
+
+PROFILE_GROUPS = (  # (group, substrings of an op's name), first match wins; the rest is "other"
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")),
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    ("softmax / log-softmax", ("softmax", "logsumexp")),
+    ("communication", ("all_gather", "reduce_scatter", "all_reduce", "broadcast", "gloo", "c10d", "record_param_comms",
+                       "allgather", "reducescatter", "allreduce")),
+    ("optimizer", ("adam", "_foreach_")),
+    ("copies and casts", ("aten::copy_", "aten::to", "aten::cat", "aten::contiguous", "aten::clone", "aten::index",
+                          "aten::fill_", "aten::zero_", "aten::empty", "aten::narrow", "aten::split")),
+)
+
+
+def profile_groups(prof) -> dict:
+    """Self CPU time of a torch.profiler run by PROFILE_GROUPS, in seconds, and the 12 costliest ops."""
+    ops = [(e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()]
+    groups: dict[str, float] = {}
+    for name, sec in ops:
+        group = next((g for g, keys in PROFILE_GROUPS if any(k in name.lower() for k in keys)), "other")
+        groups[group] = groups.get(group, 0.0) + sec
+    top = sorted(ops, key=lambda o: -o[1])[:12]
+    mm = sorted(((str(e.input_shapes), e.count, e.self_cpu_time_total / 1e6) for e in
+                 prof.key_averages(group_by_input_shape=True) if e.key == "aten::mm"), key=lambda m: -m[2])
+    return {"groups": groups, "total_s": sum(groups.values()), "top": top, "mm_by_shape": mm[:16]}
 
 
 def _status(key: str) -> float:
@@ -101,12 +132,19 @@ def rank_main(args) -> None:
     base = _status("VmRSS")
     lm = build_model(recipe, hf_config, ds_config)
     engine = Engine(recipe, ds_config, lm, args.steps)
-    times = []
+    times, profiled = [], None
     for i in range(args.steps):
         views = make_views(windows[i], L, shifts[i] if recipe.align.enabled else None)
+        watch = args.profile and i == args.steps - 1  # the timed step, profiled (the profiler slows it a little)
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) if watch else None
         dist.barrier()
         t0 = time.perf_counter()
+        if prof:
+            prof.start()
         engine.train_step([views])
+        if prof:
+            prof.stop()
+            profiled = profile_groups(prof)
         dist.barrier()  # a step lasts until the slower rank is done
         times.append(time.perf_counter() - t0)
     peak = torch.tensor([_status("VmHWM") - base, _status("VmHWM"), base])
@@ -116,7 +154,8 @@ def rank_main(args) -> None:
         Path(args.result).write_text(json.dumps({
             "step_s": times[-1], "all_step_s": times, "tokens_per_s": (world // sp) * L / times[-1],
             "above_base_mib": max(float(p[0]) for p in every), "peak_rss_mib": max(float(p[1]) for p in every),
-            "base_mib": [float(p[2]) for p in every], "trainable_params": count_params(lm, trainable=True)}))
+            "base_mib": [float(p[2]) for p in every], "trainable_params": count_params(lm, trainable=True),
+            "profile": profiled}))
 
 
 def predict(over: list[str], world: int = 2) -> dict:
@@ -194,11 +233,12 @@ def main() -> None:
     p.add_argument("--options-cap-gib", type=float, help="per-rank cap of the options section (default: --cap-gib)")
     p.add_argument("--options", help="comma-separated names of OPTIONS to run (default: all)")
     p.add_argument("--point-timeout", type=float, default=420, help="seconds one launch may take")
-    p.add_argument("--sections", default="curves,options")
+    p.add_argument("--sections", default="curves,options", help="of curves, options, profile")
     p.add_argument("--quick", action="store_true", help="a tiny model, L 128 and 256 only")
     p.add_argument("--out", type=Path, default=Path("bench/out"))
     p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--overrides", help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rank:
@@ -222,6 +262,22 @@ def main() -> None:
         for i, (name, extra) in enumerate(chosen.items()):
             budget = Budget((end - time.monotonic()) / 60 / (len(chosen) - i))
             series(name, args.options_size or sizes[-1], True, extra, args, budget, rows)
+    if "profile" in args.sections:  # plain ZeRO-3 off and on, then each option named in --options (alignment on)
+        named = [n for n in (args.options or "").split(",") if n]
+        for align, extra in [(False, []), (True, []), *[(True, OPTIONS[n]) for n in named]]:
+            over = overrides(sizes[-1], args.l0, align, extra, args.steps)
+            res = run_capped(__file__, 2, ["--steps", str(args.steps), "--overrides", json.dumps(over), "--profile"],
+                             args.out / "cost-point.json", args.cap_gib * 1024, args.point_timeout, MALLOC)
+            rows.append({**res, "section": "profile", "size": sizes[-1], "align": align, "seq_len": args.l0,
+                         "overrides": over})
+            (args.out / "cost-profile.json").write_text(json.dumps(rows, indent=1))
+            if res["status"] == "ok" and res.get("profile"):
+                prof = res["profile"]
+                shares = ", ".join(f"{g} {v / prof['total_s']:.0%}" for g, v in
+                                   sorted(prof["groups"].items(), key=lambda kv: -kv[1]))
+                print(f"  profile {sizes[-1]} align {'on ' if align else 'off'} {' '.join(extra)} L {args.l0}: "
+                      f"step {res['step_s']:.2f} s "
+                      f"(profiled), rank 0 self CPU {prof['total_s']:.2f} s: {shares}", flush=True)
     print(f"done in {(time.monotonic() - t0) / 60:.1f} min; bench/cost_report.py prints the tables", flush=True)
 
 

@@ -61,13 +61,19 @@ def hf_rank(args) -> None:
         rng = np.random.default_rng(r)
         windows += [rng.integers(0, V, size=(1, L + e_max + 1))[0] for _ in range(args.steps)]
         shifts += [int(draw_shifts([int(rng.integers(1 << 30))], 0, 1, e_max)[0]) for _ in range(args.steps)]
-    times = []
+    times, prof = [], (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+                       if args.profile
+                       else None)
 
     class StepTimes(TrainerCallback):  # wall time between the ends of consecutive optimizer steps
         def on_step_begin(self, a, state, control, **kw):
             times.append(time.perf_counter()) if not times else None
+            if prof and state.global_step == args.steps - 1:  # the timed (last) step, profiled
+                prof.start()
 
         def on_step_end(self, a, state, control, **kw):
+            if prof and state.global_step == args.steps:
+                prof.stop()
             times.append(time.perf_counter())
 
     # Not user code, CPU only: with no accelerator backend found, accelerate's DeepSpeed path counts one
@@ -127,7 +133,8 @@ def hf_rank(args) -> None:
     torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
     if rank == 0:
         Path(args.result).write_text(json.dumps({"step_s": step[-1], "all_step_s": step, "peak_rss_mib": peak.item(),
-                                                 "tokens_per_s": 2 * L / step[-1]}))
+                                                 "tokens_per_s": 2 * L / step[-1],
+                                                 "profile": bench_cost.profile_groups(prof) if prof else None}))
 
 
 def user_lines(tag: str) -> int:
@@ -137,15 +144,15 @@ def user_lines(tag: str) -> int:
 
 
 def launch(variant: str, L: int, args, cap_gib: float, timeout: float) -> dict:
-    align = variant.endswith("align")
+    align, profile = variant.endswith("align"), ["--profile"] if args.profile else []
     if variant.startswith("lsa"):
         over = bench_cost.overrides(args.size, L, align, [], args.steps)
-        res = run_capped(bench_cost.__file__, 2, ["--steps", str(args.steps), "--overrides", json.dumps(over)],
+        res = run_capped(bench_cost.__file__, 2, ["--steps", str(args.steps), "--overrides", json.dumps(over), *profile],
                          args.out / "peer-point.json", cap_gib * 1024, timeout, bench_cost.MALLOC)
     else:
         res = run_capped(__file__, 2, ["--variant", variant, "--size", args.size, "--seq-len", str(L),
-                                       "--steps", str(args.steps), "--ds-json", str(Path("ds_configs/zero3.json"))],
-                         args.out / "peer-point.json", cap_gib * 1024, timeout, bench_cost.MALLOC)
+                                       "--steps", str(args.steps), "--ds-json", str(Path("ds_configs/zero3.json")),
+                                       *profile], args.out / "peer-point.json", cap_gib * 1024, timeout, bench_cost.MALLOC)
     res |= {"variant": variant, "seq_len": L}
     shown = (f"step {res['step_s']:6.2f} s  peak {res['peak_rss_mib']:6.0f} MiB" if res["status"] == "ok"
              else f"{res['status']} (watchdog saw {res['watch_rss_mib']:.0f} MiB) {res.get('log_tail', '')}")
@@ -162,6 +169,9 @@ def main() -> None:
     p.add_argument("--cap-gib", type=float, default=3.0, help="per-rank resident-set cap of the longest-L search")
     p.add_argument("--budget-min", type=float, default=15)
     p.add_argument("--quick", action="store_true", help="the tiny model, L 128, one pair, search up to 256")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of pairs and search: one launch each of lsa-align and hf-align at --pair-len, "
+                        "rank 0's last step under torch.profiler, self CPU time by op group side by side")
     p.add_argument("--out", type=Path, default=Path("bench/out"))
     p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
@@ -179,6 +189,16 @@ def main() -> None:
     end, rows = time.monotonic() + 60 * args.budget_min, []
     name = f"peer{'-quick' if args.quick else ''}.json"
     save = lambda: (args.out / name).write_text(json.dumps(rows, indent=1))  # noqa: E731
+    if args.profile:
+        got = {v: launch(v, args.pair_len, args, 8.0, 60 * args.budget_min) for v in ("lsa-align", "hf-align")}
+        (args.out / f"peer-profile{'-quick' if args.quick else ''}.json").write_text(json.dumps(got, indent=1))
+        groups = dict.fromkeys(g for r in got.values() if r.get("profile") for g in r["profile"]["groups"])
+        print(f"{'self CPU s, rank 0':24s} {'lsa-align':>10s} {'hf-align':>10s}")
+        for g in [*groups, "total_s"]:
+            cells = [(r["profile"]["groups"].get(g, 0.0) if g != "total_s" else r["profile"]["total_s"])
+                     if r.get("profile") else float("nan") for r in got.values()]
+            print(f"{g:24s} {cells[0]:10.2f} {cells[1]:10.2f}")
+        return
     print(f"size {args.size}, pairs at L {args.pair_len}, cap {args.cap_gib} GiB per rank in the search", flush=True)
     for i in range(args.pairs):  # alternating, so drift in the machine's load hits both sides alike
         for v in VARIANTS:
