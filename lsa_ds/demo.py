@@ -257,14 +257,16 @@ def compare(stages: list[tuple[str, Path, int]], out: Path, windows: int, data: 
     """`lsa eval --compare` of the stages on one held-out set (`data`: stage 2's recipe, so base and
     extended models read the same windows; `source`: only that source's held-out text):
     perplexity vs length, passkey, misalignment, paired differences, one report. Light settings so
-    the demo stays within its time budget on two cores."""
+    the demo stays within its time budget on two cores; `windows` (the recipe's eval.windows) sizes
+    the whole evaluation: misalignment samples and copies per distance bucket are at most that many,
+    so `--set eval.windows=2` makes a quick smoke of every task."""
 
     args = ["--compare", *[str(run) for _, run, _ in stages], "--out", str(out), "--threads", "1", "--no-progress",
             "--data", str(data), *(["--source", source] if source else []), "--tasks", tasks,
             "--baseline", next((run.name for name, run, _ in stages if name == BASELINE), stages[0][1].name),
             "--windows", str(windows),  # the in-training evaluation's windows: the same numbers
             "--length-multipliers", "0.5,1,2,4", "--passkey-samples", "2", "--passkey-depths", "0,0.5,1",
-            "--misalign-samples", "32", "--copy-max-per-bucket", "40"]
+            "--misalign-samples", str(min(32, windows)), "--copy-max-per-bucket", str(min(40, windows))]
     if eval_cli.main(args) != 0:
         raise UserError("the demo's evaluation failed; see the output above")
 
