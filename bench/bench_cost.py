@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from capped import run_capped  # bench/capped.py, beside this script
+from ranks import engine_inputs, status_mib
 
 from lsa_ds.train.distributed import exit_rank
 
@@ -98,56 +99,35 @@ def profile_groups(prof) -> dict:
     return {"groups": groups, "total_s": sum(groups.values()), "top": top, "mm_by_shape": mm[:16]}
 
 
-def _status(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
-
-
 def rank_main(args) -> None:
     import deepspeed  # noqa: F401 (part of the runtime's base)
-    import numpy as np
     import torch
     import torch.distributed as dist
-    import transformers
 
-    from lsa_ds.align.views import draw_shifts, make_views
     from lsa_ds.model.build import build_model, count_params
-    from lsa_ds.model.config import build_hf_config
-    from lsa_ds.recipe import load_recipe
-    from lsa_ds.recipe.ds_config import resolve_ds_config
-    from lsa_ds.train.distributed import init_distributed
     from lsa_ds.train.engine import Engine
 
-    rank, world = init_distributed()
-    recipe = load_recipe(None, json.loads(args.overrides))
-    ds_config = resolve_ds_config(recipe, world)
-    hf_config = build_hf_config(recipe, VOCAB, 1, 2, None)
-    with torch.device("meta"):  # the modeling modules transformers imports lazily belong to the base
-        transformers.AutoModelForCausalLM.from_config(hf_config)
+    rank, world, recipe, ds_config, hf_config, views = engine_inputs(args.overrides, args.steps)
     L, sp = recipe.train.seq_len, recipe.train.sequence_parallel
-    rng = np.random.default_rng(rank // sp)  # the ranks of an SP group share their windows
-    windows = [rng.integers(0, VOCAB, size=(1, recipe.window_tokens)) for _ in range(args.steps)]
-    shifts = [draw_shifts([int(rng.integers(1 << 30))], 0, 1, recipe.shift_max) for _ in range(args.steps)]
     dist.barrier()
-    base = _status("VmRSS")
+    base = status_mib("VmRSS")
     lm = build_model(recipe, hf_config, ds_config)
     engine = Engine(recipe, ds_config, lm, args.steps)
     times, profiled = [], None
     for i in range(args.steps):
-        views = make_views(windows[i], L, shifts[i] if recipe.align.enabled else None)
         watch = args.profile and i == args.steps - 1  # the timed step, profiled (the profiler slows it a little)
         prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) if watch else None
         dist.barrier()
         t0 = time.perf_counter()
         if prof:
             prof.start()
-        engine.train_step([views])
+        engine.train_step([views[i]])
         if prof:
             prof.stop()
             profiled = profile_groups(prof)
         dist.barrier()  # a step lasts until the slower rank is done
         times.append(time.perf_counter() - t0)
-    peak = torch.tensor([_status("VmHWM") - base, _status("VmHWM"), base])
+    peak = torch.tensor([status_mib("VmHWM") - base, status_mib("VmHWM"), base])
     every = [torch.zeros_like(peak) for _ in range(world)]
     dist.all_gather(every, peak)
     if rank == 0:

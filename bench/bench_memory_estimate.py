@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ranks import run_ranks  # bench/ranks.py, beside this script
+from ranks import engine_inputs, run_ranks, status_mib  # bench/ranks.py, beside this script
 
 from lsa_ds.train.distributed import exit_rank
 
@@ -47,49 +47,27 @@ def overrides(model: str, seq_len: int, align: bool, ckpt: bool, steps: int) -> 
             f"align.enabled={str(align).lower()}", f"model.activation_checkpointing={str(ckpt).lower()}"]
 
 
-def _status(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
-
-
 def rank_main(args) -> None:
     import deepspeed  # noqa: F401 (part of the runtime's base)
-    import numpy as np
     import torch
     import torch.distributed as dist
-    import transformers  # noqa: F401
 
-    from lsa_ds.align.views import draw_shifts, make_views
     from lsa_ds.model.build import build_model
-    from lsa_ds.model.config import build_hf_config
-    from lsa_ds.recipe import load_recipe
-    from lsa_ds.recipe.ds_config import resolve_ds_config
-    from lsa_ds.train.distributed import init_distributed
     from lsa_ds.train.engine import Engine
 
-    rank, world = init_distributed()
-    recipe = load_recipe(None, json.loads(args.overrides))
-    ds_config = resolve_ds_config(recipe, world)
-    hf_config = build_hf_config(recipe, recipe.data.tokenizer.vocab_size, 1, 2, None)
-    with torch.device("meta"):  # the modeling modules transformers imports lazily belong to the base
-        transformers.AutoModelForCausalLM.from_config(hf_config)
-    L, V = recipe.train.seq_len, hf_config.vocab_size
-    rng = np.random.default_rng(rank)
-    windows = [rng.integers(0, V, size=(1, recipe.window_tokens)) for _ in range(args.steps)]
-    shifts = [draw_shifts([int(rng.integers(1 << 30))], 0, 1, recipe.shift_max) for _ in range(args.steps)]
+    rank, world, recipe, ds_config, hf_config, views = engine_inputs(args.overrides, args.steps)
     dist.barrier()
-    base_rss, base_hwm = _status("VmRSS"), _status("VmHWM")
+    base_rss, base_hwm = status_mib("VmRSS"), status_mib("VmHWM")
     phases = []  # (RSS, peak RSS) above the base after each phase
-    mark = lambda: phases.append((_status("VmRSS") - base_rss, _status("VmHWM") - base_rss))  # noqa: E731
+    mark = lambda: phases.append((status_mib("VmRSS") - base_rss, status_mib("VmHWM") - base_rss))  # noqa: E731
     lm = build_model(recipe, hf_config, ds_config)
     mark()
     engine = Engine(recipe, ds_config, lm, args.steps)
     mark()
     for i in range(args.steps):
-        views = make_views(windows[i], L, shifts[i] if recipe.align.enabled else None)
-        engine.train_step([views])
+        engine.train_step([views[i]])
         mark()
-    peak = torch.tensor([_status("VmHWM") - base_rss, base_rss, base_hwm])
+    peak = torch.tensor([status_mib("VmHWM") - base_rss, base_rss, base_hwm])
     every = [torch.zeros_like(peak) for _ in range(world)]
     dist.all_gather(every, peak)
     if rank == 0:

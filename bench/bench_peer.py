@@ -31,6 +31,7 @@ from pathlib import Path
 
 import bench_cost  # bench/bench_cost.py, beside this script: lsa-ds's ranks, the model shapes
 from capped import run_capped
+from ranks import status_mib
 
 from lsa_ds.train.distributed import exit_rank
 
@@ -127,9 +128,7 @@ def hf_rank(args) -> None:
     trainer.add_callback(StepTimes())
     trainer.train()
     step = [b - a for a, b in zip(times, times[1:])]
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
-    peak = torch.tensor([hwm])
+    peak = torch.tensor([status_mib("VmHWM")])
     torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
     if rank == 0:
         Path(args.result).write_text(json.dumps({"step_s": step[-1], "all_step_s": step, "peak_rss_mib": peak.item(),

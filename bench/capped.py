@@ -13,11 +13,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from lsa_ds.train.distributed import SHM_DIR, free_port
+from ranks import launch_command  # bench/ranks.py, beside this script
+
+from lsa_ds.train.distributed import SHM_DIR
 
 MIN_AVAILABLE_MIB = 3072
 """Kill a launch when the machine has less than this available: the last guard against swapping."""
@@ -60,20 +61,12 @@ def _available_mib() -> float:
 
 def run_capped(script: str, nproc: int, args: list[str], result: Path, cap_mib: float, timeout_s: float,
                env: dict[str, str | None] | None = None, log: Path | None = None) -> dict:
-    """Run `script --rank ARGS --result RESULT` on `nproc` CPU ranks (1 thread each), like
+    """Run `script --rank ARGS --result RESULT` on `nproc` CPU ranks (`ranks.launch_command`), like
     ranks.run_ranks. Returns rank 0's JSON plus `status` "ok", or `status` "cap" (a rank's resident
     set passed `cap_mib`), "timeout", "low-memory" or "error" (with the rank's last output lines),
     and always `wall_s` and `watch_rss_mib` (the largest resident set the watchdog saw per process)."""
     result.unlink(missing_ok=True)
-    port = free_port()
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--no_local_rank",
-           "--master_port", str(port), script, "--rank", *args, "--result", str(result)]
-    full = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    for key, value in (env or {}).items():
-        if value is None:
-            full.pop(key, None)
-        else:
-            full[key] = value
+    cmd, full, port = launch_command(script, nproc, args, result, env)
     log = log or result.with_suffix(".log")
     t0, status, seen = time.perf_counter(), None, 0.0
     with open(log, "w") as out:
